@@ -36,8 +36,8 @@ def add(
     flag: str,
     *,
     default: Any = None,
-    help: str,  # noqa: A002 - mirrors argparse
-    type: Callable[[str], Any] = str,  # noqa: A002
+    help: str,
+    type: Callable[[str], Any] = str,
     nargs: str | None = None,
     choices: Sequence[str] | None = None,
     metavar: str | None = None,
@@ -52,10 +52,7 @@ def add(
     value = default
     if raw is not None:
         try:
-            if nargs in ("*", "+"):
-                value = [type(v) for v in raw.split(",") if v]
-            else:
-                value = type(raw)
+            value = [type(v) for v in raw.split(",") if v] if nargs in ("*", "+") else type(raw)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"invalid value in ${env}: {exc}")
     shown = "" if default in (None, [], "") else f" (default: {default})"
@@ -70,7 +67,7 @@ def add(
     )
 
 
-def add_bool(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:  # noqa: A002
+def add_bool(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
     """A boolean switch, also enabled by ``BURROW_<NAME>=1|true|yes``."""
     env = env_name(flag)
     raw = os.environ.get(env, "")
