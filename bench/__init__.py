@@ -1,0 +1,1 @@
+"""burrow's bench package."""
