@@ -1,1 +1,2 @@
-"""burrow's derp package."""
+"""DERP relay protocol (Tailscale DERP v2, byte-compatible): codec, handshake,
+server core, client connection, mesh.  Imports nothing else of the project."""
