@@ -1,1 +1,1 @@
-"""burrow's coderd package."""
+"""coderd: the thin control plane (API, auth, storage, builds, job queue)."""

@@ -1,0 +1,1 @@
+"""coderd's storage: one interface (``base.Store``), SQLite and PostgreSQL backends."""

@@ -1,0 +1,77 @@
+"""The one door from trio into asyncio, for the database drivers.
+
+aiosqlite and psycopg's AsyncConnection are asyncio libraries.  Rather than
+run coderd inside trio-asyncio's loop (which must be opened around every task
+tree that touches the database, and costs ~2x per query), each store owns one
+plain asyncio event loop in a daemon thread.  A trio task hands it a
+coroutine with :meth:`AsyncioThread.run` and sleeps on a ``trio.Event`` that
+the asyncio side sets through the trio token when the coroutine is done.  One
+thread hop per call; the whole transaction runs on the asyncio side, so a
+store call that does several queries crosses the boundary only once.
+
+Cancelling the trio side cancels the asyncio task (which rolls its
+transaction back) but does not wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class AsyncioThread:
+    """An asyncio event loop running in its own thread."""
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``make()`` on the asyncio loop and return its result (or raise its error).
+
+        Raises:
+            trio.ClosedResourceError: the loop was stopped.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("database thread is closed")
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        fut = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        fut.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut.result()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Schedule a plain function on the asyncio loop (thread-safe)."""
+        if not self._closed:
+            self._loop.call_soon_threadsafe(fn)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await trio.to_thread.run_sync(self._thread.join)
