@@ -1,0 +1,78 @@
+"""Connection statistics the agent reports to coderd.
+
+Counters only grow; a reporter takes a :meth:`ConnStats.snapshot` each period
+and sends it (or the difference to the previous one).  Everything runs on one
+trio thread, so plain integers need no locking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """The counters at one instant.
+
+    Attributes:
+        sessions_total: connections accepted since start.
+        sessions_open: connections open now.
+        bytes_in: bytes received from peers (encrypted SSH bytes for ``ssh``).
+        bytes_out: bytes sent to peers.
+    """
+
+    sessions_total: int
+    sessions_open: int
+    bytes_in: int
+    bytes_out: int
+
+    def since(self, earlier: StatsSnapshot) -> StatsSnapshot:
+        """The growth since ``earlier``; ``sessions_open`` stays the current value."""
+        return StatsSnapshot(
+            sessions_total=self.sessions_total - earlier.sessions_total,
+            sessions_open=self.sessions_open,
+            bytes_in=self.bytes_in - earlier.bytes_in,
+            bytes_out=self.bytes_out - earlier.bytes_out,
+        )
+
+
+class ConnStats:
+    """Counters for one service (``ssh``, ``tcp``, ...)."""
+
+    def __init__(self) -> None:
+        self._sessions_total = 0
+        self._sessions_open = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+
+    def session_opened(self) -> None:
+        """Count a newly accepted connection."""
+        self._sessions_total += 1
+        self._sessions_open += 1
+
+    def session_closed(self) -> None:
+        """Count a connection that ended.
+
+        Raises:
+            RuntimeError: more closes than opens (a caller bug).
+        """
+        if self._sessions_open <= 0:
+            raise RuntimeError("session_closed without a matching session_opened")
+        self._sessions_open -= 1
+
+    def add_in(self, n: int) -> None:
+        """Count ``n`` bytes received."""
+        self._bytes_in += n
+
+    def add_out(self, n: int) -> None:
+        """Count ``n`` bytes sent."""
+        self._bytes_out += n
+
+    def snapshot(self) -> StatsSnapshot:
+        """The counters now."""
+        return StatsSnapshot(
+            sessions_total=self._sessions_total,
+            sessions_open=self._sessions_open,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+        )
