@@ -1,0 +1,188 @@
+"""Two meshed DERP servers over real loopback TCP: forwarding, forgetting, redialing."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from derp import frames as f
+from derp.conn import DerpConn
+from derp.errors import DerpConnectionClosed
+from derp.keys import generate_private_key
+from derp.server import DerpServer
+
+MESH = bytes(range(100, 132))
+
+
+class Node:
+    """A DerpServer on a TCP listener that can be killed and restarted (same key)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.private_key = generate_private_key()
+        self.port = 0
+        self.server = DerpServer(self.private_key, mesh_key=MESH)
+        self._scope: trio.CancelScope | None = None
+        self.siblings: list[Node] = []
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.server = DerpServer(self.private_key, mesh_key=MESH)
+        self._scope = await nursery.start(self._run)
+
+    async def _run(self, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def handler(stream: trio.SocketStream) -> None:
+                    await self.server.serve(stream)
+
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, handler, self.port, host="127.0.0.1")
+                )
+                self.port = listeners[0].socket.getsockname()[1]
+                # Mesh links live and die with this node; each dials through the
+                # sibling object, so a restarted sibling's new port is used.
+                for sib in self.siblings:
+                    nursery.start_soon(
+                        functools.partial(
+                            self.server.run_mesh_link,
+                            sib.dialer(),
+                            name=sib.name,
+                            min_backoff=0.05,
+                            max_backoff=0.2,
+                        )
+                    )
+                task_status.started(scope)
+
+    def kill(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+    def dialer(self) -> Callable[[], trio.abc.Stream]:
+        async def dial() -> trio.abc.Stream:
+            return await trio.open_tcp_stream("127.0.0.1", self.port)
+
+        return dial  # type: ignore[return-value]
+
+    async def connect(self, key: bytes | None = None) -> DerpConn:
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        return await DerpConn.handshake(stream, key or generate_private_key())
+
+
+async def wait_until(cond: Callable[[], bool], seconds: float = 5) -> None:
+    with trio.fail_after(seconds):
+        while not cond():
+            await trio.sleep(0.01)
+
+
+async def next_packet(conn: DerpConn) -> f.RecvPacket:
+    for _ in range(100):
+        ev = await conn.receive()
+        if isinstance(ev, f.RecvPacket):
+            return ev
+    raise AssertionError("no packet in 100 events")
+
+
+async def next_of(conn: DerpConn, kind: type[object]) -> object:
+    for _ in range(100):
+        ev = await conn.receive()
+        if isinstance(ev, kind):
+            return ev
+    raise AssertionError(f"no {kind.__name__} in 100 events")
+
+
+async def meshed_pair(nursery: trio.Nursery) -> tuple[Node, Node]:
+    n1, n2 = Node("one"), Node("two")
+    n1.siblings, n2.siblings = [n2], [n1]
+    await n1.start(nursery)
+    await n2.start(nursery)
+    return n1, n2
+
+
+async def test_clients_on_two_meshed_relays_exchange_packets() -> None:
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            n1, n2 = await meshed_pair(nursery)
+            a = await n1.connect()
+            b = await n2.connect()
+            await wait_until(lambda: n1.server.has_remote(b.public_key))
+            await wait_until(lambda: n2.server.has_remote(a.public_key))
+            await a.send_packet(b.public_key, b"across the mesh")
+            got = await next_packet(b)
+            assert got == f.RecvPacket(a.public_key, b"across the mesh")
+            await b.send_packets([(a.public_key, bytes([i]) * 1000) for i in range(50)])
+            for i in range(50):
+                assert (await next_packet(a)).data == bytes([i]) * 1000
+            assert n1.server.metrics.packets_forwarded == 1
+            assert n2.server.metrics.packets_forwarded == 50
+            assert n1.server.metrics.mesh_links == 1
+            assert n1.server.metrics.mesh_peers == 1
+            # Mesh peers themselves are not announced as clients.
+            assert not n1.server.has_remote(n2.server.public_key)
+            # b leaves: n1 forgets it and a, which had sent to it, hears PeerGone.
+            await b.aclose()
+            gone = await next_of(a, f.PeerGone)
+            assert gone == f.PeerGone(b.public_key, f.PeerGoneReason.DISCONNECTED)
+            await wait_until(lambda: not n1.server.has_remote(b.public_key))
+            nursery.cancel_scope.cancel()
+
+
+async def test_killed_relay_is_forgotten_and_mesh_resumes() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            n1, n2 = await meshed_pair(nursery)
+            a = await n1.connect()
+            b_key = generate_private_key()
+            b = await n2.connect(b_key)
+            await wait_until(lambda: n1.server.has_remote(b.public_key))
+            await a.send_packet(b.public_key, b"one")
+            assert (await next_packet(b)).data == b"one"
+
+            n2.kill()
+            gone = await next_of(a, f.PeerGone)
+            assert gone == f.PeerGone(b.public_key, f.PeerGoneReason.DISCONNECTED)
+            assert not n1.server.has_remote(b.public_key)
+            with pytest.raises(DerpConnectionClosed):
+                await next_packet(b)
+            await a.send_packet(b.public_key, b"lost")
+            assert await next_of(a, f.PeerGone) == f.PeerGone(
+                b.public_key, f.PeerGoneReason.NOT_HERE
+            )
+
+            await n2.start(nursery)  # same key, new port; n1's link redials it
+            b = await n2.connect(b_key)
+            await wait_until(lambda: n1.server.has_remote(b.public_key))
+            await wait_until(lambda: n2.server.has_remote(a.public_key))
+            await a.send_packet(b.public_key, b"two")
+            assert (await next_packet(b)).data == b"two"
+            await b.send_packet(a.public_key, b"back")
+            assert (await next_packet(a)).data == b"back"
+            nursery.cancel_scope.cancel()
+
+
+async def test_close_peer_and_forward_are_local_only() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            n1 = Node("one")
+            await n1.start(nursery)
+            a = await n1.connect()
+            stream = await trio.open_tcp_stream("127.0.0.1", n1.port)
+            peer = await DerpConn.handshake(stream, generate_private_key(), mesh_key=MESH)
+            await peer.watch_conns()
+            assert await next_of(peer, f.PeerPresent) == f.PeerPresent(a.public_key)
+            src = bytes(32)
+            await peer.forward_packet(src, a.public_key, b"forwarded")
+            assert await next_packet(a) == f.RecvPacket(src, b"forwarded")
+            # A forward to a key that is not local is dropped, never forwarded again.
+            await peer.forward_packet(src, bytes([9]) * 32, b"nowhere")
+            await wait_until(
+                lambda: n1.server.metrics.drops["unknown_dest_on_forward"] == 1
+            )
+            await peer.close_peer(a.public_key)
+            with pytest.raises(DerpConnectionClosed):
+                await next_packet(a)
+            assert await next_of(peer, f.PeerGone) == f.PeerGone(a.public_key)
+            nursery.cancel_scope.cancel()
