@@ -347,6 +347,12 @@ def _sftp_factory(workdir: Path) -> Any:
         def map_path(self, path: bytes) -> bytes:
             return path if path.startswith(b"/") else os.path.join(root, path)
 
+        def exit(self) -> None:
+            # sshd reports sftp-server's exit status; scp treats its absence
+            # (ssh exiting 255) as a failed transfer.
+            with contextlib.suppress(OSError):
+                self.channel.exit(0)
+
     return _WorkdirSFTP
 
 
