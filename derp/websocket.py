@@ -1,0 +1,261 @@
+"""A byte stream carried over a WebSocket, as a ``trio.abc.Stream``.
+
+DERP over WebSocket (subprotocol ``derp``) sends the DERP byte stream in
+binary messages whose boundaries mean nothing: a frame may span messages and
+a message may hold many frames.  ``WebSocketStream`` turns an established
+WebSocket (the HTTP handshake already done, see ``derp.upgrade``) back into a
+byte stream.
+
+Why wsproto directly and not trio-websocket.  trio-websocket delivers every
+message through a memory channel fed by a background reader task, and its
+default 4 KiB reads cost a task switch and several Python calls per message;
+ARCHITECTURE.md measured 24-43 MB/s for it.  Here there is no background
+task: ``receive_some`` reads the transport with a large buffer, runs
+wsproto's frame decoder (``FrameProtocol``) over everything read, and returns
+payload bytes as soon as any arrive (partial frames too);  ``send_all`` writes
+a whole chunk as one binary frame in one transport write.  ``bench/`` and
+``tests/derp/test_derp_websocket.py`` compare the two; see the module
+``measure_throughput`` helper there.
+
+Theory of operation.
+- Sending: user ``send_all`` calls may not overlap (``BusyResourceError``);
+  internal control replies (Pong, the Close echo) share the transport under
+  ``_send_lock``.  A control reply that would have to wait for a blocked
+  ``send_all`` is deferred and written after it, so the reader never blocks
+  on the writer.
+- Receiving: binary and continuation frames append to ``_buffer``; Ping is
+  answered; Pong ignored; Text is a protocol violation (close 1003); Close is
+  end-of-stream (``receive_some`` returns ``b""``) and is echoed.  Transport
+  EOF without a Close frame is ``BrokenResourceError``.
+- Half-close does not exist on a WebSocket (a Close frame ends both
+  directions), so this is a ``Stream``, not a ``HalfCloseableStream``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import operator
+import os
+
+import trio
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
+from wsproto.utilities import generate_accept_token
+
+RECEIVE_SIZE = 256 * 1024
+MAX_FRAME_CHUNK = 1 << 20  # one send_all larger than this goes out as several frames
+
+
+def new_client_key() -> bytes:
+    """A fresh random ``Sec-WebSocket-Key`` value."""
+    return base64.b64encode(os.urandom(16))
+
+
+def accept_token(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` value a server must answer ``key`` with."""
+    return generate_accept_token(key)
+
+
+class _Conflict:
+    """Raises ``BusyResourceError`` when two tasks use one direction at once."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+
+
+class WebSocketStream(trio.abc.Stream):
+    """A byte stream in binary WebSocket messages over ``transport``.
+
+    Args:
+        transport: the stream right after the WebSocket handshake.
+        client: True on the side that opened the WebSocket (it masks frames).
+        trailing: bytes already read from ``transport`` after the handshake.
+    """
+
+    def __init__(
+        self, transport: trio.abc.Stream, *, client: bool, trailing: bytes = b""
+    ) -> None:
+        self.transport = transport
+        self._proto = FrameProtocol(client, [])
+        self._primed = bool(trailing)  # frames may already wait in the decoder
+        if trailing:
+            self._proto.receive_bytes(trailing)
+        self._buffer = bytearray()  # owned by the receiving task
+        self._eof = False  # a Close frame arrived
+        self._closed = False  # aclose was called
+        self._close_sent = False
+        self._pending_control = bytearray()  # replies deferred behind a send_all
+        self._send_lock = trio.StrictFIFOLock()
+        self._sending = _Conflict("sending on this WebSocketStream")
+        self._receiving = _Conflict("receiving on this WebSocketStream")
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- sending ---------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as binary message(s).
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: the peer closed or the transport broke.
+        """
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            if self._close_sent or self._eof:
+                await trio.lowlevel.checkpoint()
+                raise trio.BrokenResourceError("WebSocket is closing")
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            view = memoryview(data)
+            if len(view) <= MAX_FRAME_CHUNK:
+                wire = self._proto.send_data(bytes(view))
+            else:
+                wire = bytearray()
+                for i in range(0, len(view), MAX_FRAME_CHUNK):
+                    wire += self._proto.send_data(bytes(view[i : i + MAX_FRAME_CHUNK]))
+            async with self._send_lock:
+                if self._pending_control:
+                    wire = self._pending_control + wire
+                    self._pending_control = bytearray()
+                await self._write(wire)
+            self.bytes_sent += len(view)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the transport can take more.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed.
+        """
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            await self.transport.wait_send_all_might_not_block()
+
+    async def _write(self, wire: bytes | bytearray) -> None:
+        try:
+            await self.transport.send_all(wire)
+        except trio.ClosedResourceError:
+            if self._closed:
+                raise
+            raise trio.BrokenResourceError("transport closed") from None
+
+    async def _send_control(self, wire: bytes | bytearray) -> None:
+        """Write a control frame now, or after the send_all that holds the transport."""
+        if self._send_lock.locked():
+            self._pending_control += wire
+            return
+        async with self._send_lock:
+            await self._write(wire)
+
+    # -- receiving -------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Bytes from the peer's binary messages; ``b""`` after its Close.
+
+        Raises:
+            trio.BusyResourceError: another task is receiving.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: transport error, EOF without a Close
+                frame, or a WebSocket protocol violation.
+        """
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._receiving:
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            if self._buffer or self._eof:
+                await trio.lowlevel.checkpoint()
+            while not self._buffer and not self._eof:
+                await self._fill()
+            if not self._buffer:
+                return b""
+            if max_bytes is None or max_bytes >= len(self._buffer):
+                out = self._buffer
+                self._buffer = bytearray()
+            else:
+                out = self._buffer[:max_bytes]
+                del self._buffer[:max_bytes]
+            self.bytes_received += len(out)
+            return out
+
+    async def _fill(self) -> None:
+        if self._primed:
+            self._primed = False
+        else:
+            try:
+                data = await self.transport.receive_some(RECEIVE_SIZE)
+            except trio.ClosedResourceError:
+                if self._closed:
+                    raise
+                raise trio.BrokenResourceError("transport closed") from None
+            if not data:
+                raise trio.BrokenResourceError("WebSocket transport ended without a Close frame")
+            self._proto.receive_bytes(bytes(data))
+        try:
+            for frame in self._proto.received_frames():
+                op = frame.opcode
+                if op is Opcode.BINARY or op is Opcode.CONTINUATION:
+                    assert isinstance(frame.payload, bytes)
+                    self._buffer += frame.payload
+                elif op is Opcode.PING:
+                    assert isinstance(frame.payload, bytes)
+                    await self._send_control(self._proto.pong(frame.payload))
+                elif op is Opcode.CLOSE:
+                    self._eof = True
+                    await self._echo_close()
+                    return
+                elif op is Opcode.TEXT:
+                    await self._fail(CloseReason.UNSUPPORTED_DATA, "text message")
+        except ParseFailed as exc:
+            await self._fail(exc.code, str(exc))
+
+    async def _echo_close(self) -> None:
+        if self._close_sent:
+            return
+        self._close_sent = True
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._send_control(self._proto.close(CloseReason.NORMAL_CLOSURE))
+
+    async def _fail(self, code: CloseReason, why: str) -> None:
+        self._eof = True
+        if not self._close_sent:
+            self._close_sent = True
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._send_control(self._proto.close(code, why[:100]))
+        raise trio.BrokenResourceError(f"WebSocket protocol error: {why}")
+
+    # -- closing ---------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Send a Close frame (best effort) and close the transport."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if not self._close_sent and not self._send_lock.locked():
+                self._close_sent = True
+                with trio.move_on_after(1):
+                    await self.transport.send_all(
+                        self._proto.close(CloseReason.NORMAL_CLOSURE)
+                    )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.transport)
