@@ -1,0 +1,28 @@
+"""``python -m bench <name>``: run one benchmark (``relay``)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: python -m bench relay [--json] [--seconds S] [--rtt-count N]"
+                         " [--idle-clients N]\n")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name == "relay":
+        from bench import relay
+
+        return relay.main(rest)
+    if name == "_role":  # internal: child processes of a benchmark
+        from bench import relay
+
+        relay._run_role(rest)
+        return 0
+    sys.stderr.write(f"python -m bench: unknown benchmark {name!r} (known: relay)\n")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
