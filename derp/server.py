@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 _RECV_BYTES = 1 << 18  # one receive_some
 _BATCH_BYTES = 1 << 19  # most bytes joined into one send_all
 _KEEPALIVE = fr.encode(fr.KeepAlive())
+_MAX_SENDERS = 1024  # prune a client's sender set of departed keys beyond this
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _SendPacket = fr.SendPacket
 _ForwardPacket = fr.ForwardPacket
@@ -239,8 +240,6 @@ class DerpServer:
                     nursery.cancel_scope.cancel()
             finally:
                 self._unregister(c)
-        if c.scope.cancelled_caught and not self._closing and self._clients.get(c.key) is not c:
-            self.metrics.closes["replaced"] += 1
 
     def _write_timeout(self, c: Client) -> float:
         return self.write_timeout * (4 if c.can_mesh else 1)
@@ -256,6 +255,7 @@ class DerpServer:
         if old is not None:
             # Last writer wins; queued packets follow the key to the new connection.
             m.duplicate_clients += 1
+            m.closes["replaced"] += 1
             c.packets.extend(old.packets)
             old.packets.clear()
             c.senders |= old.senders
@@ -301,6 +301,13 @@ class DerpServer:
         c.control.append(frame)
         if not c.wake.is_set():
             c.wake.set()
+
+    def _note_sender(self, dst: Client, key: bytes) -> None:
+        # Remember who sent to dst (for PeerGone); prune departed senders now and
+        # then so a long-lived client's set stays bounded by the live clients.
+        if len(dst.senders) >= max(_MAX_SENDERS, 2 * len(self._clients)):
+            dst.senders.intersection_update(self._clients)
+        dst.senders.add(key)
 
     def deliver(self, dst: Client, src: bytes, data: bytes) -> None:
         """Queue a RecvPacket for ``dst`` (drop-oldest when full). Never blocks."""
@@ -397,7 +404,8 @@ class DerpServer:
                     m.bytes_in += len(data)
                     dst = clients.get(frame.dst)
                     if dst is not None:
-                        dst.senders.add(key)
+                        if key not in dst.senders:
+                            self._note_sender(dst, key)
                         self.deliver(dst, key, data)
                         continue
                     link = routes.get(frame.dst)
