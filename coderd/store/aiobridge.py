@@ -9,8 +9,10 @@ the asyncio side sets through the trio token when the coroutine is done.  One
 thread hop per call; the whole transaction runs on the asyncio side, so a
 store call that does several queries crosses the boundary only once.
 
-Cancelling the trio side cancels the asyncio task (which rolls its
-transaction back) but does not wait for it.
+Cancelling the trio side only stops the wait: the asyncio coroutine runs to
+completion (commit or rollback) on its own.  Cancelling a driver call halfway
+(e.g. between ``BEGIN`` being queued and its ``try``) can leave a connection
+inside a transaction, and store calls are short, so they are never cut off.
 """
 
 from __future__ import annotations
@@ -57,11 +59,7 @@ class AsyncioThread:
 
         fut = asyncio.run_coroutine_threadsafe(make(), self._loop)
         fut.add_done_callback(wake)
-        try:
-            await done.wait()
-        except BaseException:
-            fut.cancel()
-            raise
+        await done.wait()
         return fut.result()
 
     def call_soon(self, fn: Callable[[], None]) -> None:

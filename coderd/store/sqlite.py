@@ -76,8 +76,8 @@ class SqliteDatabase:
 
     async def transaction(self, fn: Callable[[_SqliteTx], Awaitable[T]], *, write: bool) -> T:
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 result = await fn(_SqliteTx(self._conn))
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):

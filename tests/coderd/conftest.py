@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from coderd.store.factory import Opened, open_store
+from tests.coderd.apihelp import Api
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -143,3 +144,12 @@ async def opened(db_config: dict[str, str]) -> AsyncIterator[Opened]:
         yield o
     finally:
         await o.aclose()
+
+
+@pytest.fixture
+async def api(opened: Opened) -> Api:
+    from coderd.deps import Coderd, use
+
+    cd = Coderd(opened.store, opened.pubsub, "http://127.0.0.1:3000")
+    use(cd)
+    return Api(cd)

@@ -1,0 +1,1 @@
+"""coderd's HTTP/JSON API under /api/v2: one small module per resource."""

@@ -1,0 +1,153 @@
+"""JSON shapes of the API's records (never secrets or password hashes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coderd.store.base import (
+    Agent,
+    Build,
+    Job,
+    JobStatus,
+    LogLine,
+    Resource,
+    Store,
+    Template,
+    TemplateVersion,
+    User,
+    Workspace,
+)
+
+
+def user(u: User) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "username": u.username,
+        "email": u.email,
+        "roles": list(u.roles),
+        "created_at": u.created_at,
+    }
+
+
+def template(t: Template) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "active_version_id": t.active_version_id,
+        "created_by": t.created_by,
+        "created_at": t.created_at,
+    }
+
+
+def version(v: TemplateVersion) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "template_id": v.template_id,
+        "name": v.name,
+        "archive_size": v.archive_size,
+        "archive_sha256": v.archive_sha256,
+        "created_by": v.created_by,
+        "created_at": v.created_at,
+    }
+
+
+def resource(r: Resource) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "type": r.type,
+        "name": r.name,
+        "kind": r.kind,
+        "persistence": r.persistence,
+        "address": r.metadata.get("address", ""),
+    }
+
+
+def agent(a: Agent) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "name": a.name,
+        "resource_id": a.resource_id,
+        "os": a.os,
+        "arch": a.arch,
+        "directory": a.directory,
+        "created_at": a.created_at,
+        "last_connected_at": a.last_connected_at,
+    }
+
+
+def build(b: Build, job: Job | None) -> dict[str, Any]:
+    status = job.status.value if job is not None else JobStatus.FAILED.value
+    return {
+        "id": b.id,
+        "workspace_id": b.workspace_id,
+        "build_number": b.build_number,
+        "transition": b.transition,
+        "template_version_id": b.template_version_id,
+        "initiator_id": b.initiator_id,
+        "job_id": b.job_id,
+        "status": status,
+        "variables": dict(b.variables),
+        "created_at": b.created_at,
+        "started_at": job.started_at if job else None,
+        "completed_at": job.completed_at if job else None,
+        "error": job.error if job else "job record missing",
+    }
+
+
+async def build_full(store: Store, b: Build) -> dict[str, Any]:
+    out = build(b, await store.get_job(b.job_id))
+    out["resources"] = [resource(r) for r in await store.list_resources(b.id)]
+    out["agents"] = [agent(a) for a in await store.list_agents(b.id)]
+    return out
+
+
+_WORKSPACE_STATUS = {
+    ("start", JobStatus.SUCCEEDED): "running",
+    ("stop", JobStatus.SUCCEEDED): "stopped",
+    ("delete", JobStatus.SUCCEEDED): "deleted",
+    ("start", JobStatus.PENDING): "pending",
+    ("start", JobStatus.RUNNING): "starting",
+    ("stop", JobStatus.PENDING): "pending",
+    ("stop", JobStatus.RUNNING): "stopping",
+    ("delete", JobStatus.PENDING): "pending",
+    ("delete", JobStatus.RUNNING): "deleting",
+}
+
+
+def workspace_status(b: Build | None, job: Job | None) -> str:
+    if b is None or job is None:
+        return "new"
+    status = job.status
+    if status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.CANCELING):
+        return status.value
+    return _WORKSPACE_STATUS.get((b.transition, status), status.value)
+
+
+async def workspace(store: Store, w: Workspace) -> dict[str, Any]:
+    owner = await store.get_user(w.owner_id)
+    tmpl = await store.get_template(w.template_id)
+    latest = await store.latest_build(w.id)
+    job = await store.get_job(latest.job_id) if latest else None
+    return {
+        "id": w.id,
+        "name": w.name,
+        "owner_id": w.owner_id,
+        "owner_name": owner.username if owner else "",
+        "template_id": w.template_id,
+        "template_name": tmpl.name if tmpl else "",
+        "created_at": w.created_at,
+        "deleted": w.deleted,
+        "status": workspace_status(latest, job),
+        "latest_build": build(latest, job) if latest else None,
+    }
+
+
+def log_line(ln: LogLine) -> dict[str, Any]:
+    return {
+        "id": ln.id,
+        "created_at": ln.created_at,
+        "level": ln.level,
+        "stage": ln.stage,
+        "output": ln.output,
+    }
