@@ -16,6 +16,7 @@ from burrow.flags import Parser, UsageError
 # Subcommand modules, in the order ``burrow --help`` shows them.
 COMMANDS = (
     "relay",
+    "provisionerd",
 )
 
 
