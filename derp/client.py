@@ -1,0 +1,309 @@
+"""The reconnecting DERP client the tunnel and agents use.
+
+Theory of operation.  ``run()`` is the connection loop: dial (``derp.dial``:
+DERP upgrade, or WebSocket when forced or fallen back -- and once fallen
+back, WebSocket for good), handshake (``DerpConn``), announce the preferred
+relay, then serve the connection with two tasks until it breaks:
+
+- the reader turns frames into ``ClientEvent``s on a bounded memory channel.
+  A consumer that does not keep up makes the reader wait, which pushes back
+  through TCP onto the relay (whose own queue then drops, counted there).
+  120 s without any frame (the relay sends KeepAlives every ~60 s) counts as
+  a dead connection.
+- the writer takes every packet queued by ``send()`` since its last write
+  and writes them with one ``send_packets`` call: under load, sends
+  coalesce into large writes, which is what relayed throughput depends on.
+
+``send()`` never blocks forever: while disconnected it drops the packet and
+counts it; while connected it waits only while more than ``max_pending_bytes``
+are queued (backpressure), and a disconnect releases it.  Reconnects back off
+exponentially with jitter (reset after a successful handshake); a Restarting
+frame from the relay sets the next delay instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from derp import frames as fr
+from derp.conn import DerpConn
+from derp.dial import DialError, dial
+from derp.errors import DerpConnectionClosed, DerpError, DerpProtocolError
+from derp.keys import check_key, public_key, short
+
+log = logging.getLogger(__name__)
+
+DEAD_AFTER = 120.0  # seconds of silence before a connection counts as dead
+_BATCH_BYTES = 1 << 19
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """A packet from peer ``src``."""
+
+    src: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """``key`` is no longer (or not) on the relay; ``reason`` is a ``PeerGoneReason``."""
+
+    key: bytes
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A (re)connection completed over ``transport`` to the relay ``server_key``."""
+
+    transport: str
+    server_key: bytes
+
+
+ClientEvent = Packet | PeerGone | Connected
+
+
+class DerpClient:
+    """A DERP client that keeps itself connected to one relay.
+
+    Args:
+        url: the relay's base URL (``http(s)://host:port``; path ``/derp``).
+        private_key: this node's 32-byte private key.
+        force_websocket: use WebSocket from the start.
+        ssl_context: for https relays.
+        mesh_key: the mesh key (for relays meshing through this client).
+        preferred: announce this relay as our home relay (NotePreferred).
+        event_queue: events buffered before the reader waits for ``receive``.
+        max_pending_bytes: queued send bytes above which ``send`` waits.
+        min_backoff / max_backoff: reconnect delay bounds in seconds.
+        dial_timeout: seconds for one dial + handshake.
+
+    Raises:
+        ValueError: a key is not 32 bytes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        private_key: bytes,
+        *,
+        force_websocket: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        mesh_key: bytes | None = None,
+        preferred: bool = True,
+        event_queue: int = 1024,
+        max_pending_bytes: int = 4 << 20,
+        min_backoff: float = 0.1,
+        max_backoff: float = 10.0,
+        dial_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._private_key = check_key(private_key, "private key")
+        self.public_key = public_key(private_key)
+        self.force_websocket = force_websocket
+        self.ssl_context = ssl_context
+        self.mesh_key = None if mesh_key is None else check_key(mesh_key, "mesh key")
+        self.preferred = preferred
+        self.max_pending_bytes = max_pending_bytes
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.dial_timeout = dial_timeout
+        self.transport: str | None = None  # "derp" | "websocket" once connected
+        self.server_key: bytes | None = None
+        self.connected = False
+        self._events_in, self._events_out = trio.open_memory_channel[ClientEvent](event_queue)
+        self._conn: DerpConn | None = None  # set by run() while connected
+        self._pending: deque[tuple[bytes, bytes]] = deque()  # owned by send()/writer
+        self._pending_bytes = 0
+        self._wake = trio.Event()  # writer: something was queued
+        self._space = trio.Event()  # senders: the writer took a batch
+        self._restart_in: float | None = None
+        # Counters.
+        self.connects = 0
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.packets_received = 0
+        self.bytes_received = 0
+        self.dropped_disconnected = 0
+        self.dial_failures = 0
+
+    # ------------------------------------------------------------ public
+
+    async def send(self, dst: bytes, data: bytes) -> None:
+        """Queue one packet for ``dst``; dropped (and counted) while disconnected.
+
+        Raises:
+            ValueError: ``dst`` is not 32 bytes or ``data`` exceeds 64 KiB.
+        """
+        if len(dst) != fr.KEY_LEN:
+            raise ValueError(f"dst must be {fr.KEY_LEN} bytes, got {len(dst)}")
+        if len(data) > fr.MAX_PACKET_SIZE:
+            raise ValueError(f"packet of {len(data)} bytes exceeds {fr.MAX_PACKET_SIZE}")
+        conn = self._conn
+        while conn is not None and self._pending_bytes > self.max_pending_bytes:
+            await self._space.wait()
+            conn = self._conn
+        if conn is None:
+            self.dropped_disconnected += 1
+            await trio.lowlevel.checkpoint()
+            return
+        self._pending.append((dst, data))
+        self._pending_bytes += len(data)
+        self._wake.set()
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> ClientEvent:
+        """The next event: a packet, a peer gone, or a (re)connection."""
+        return await self._events_out.receive()
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time to the relay in seconds.
+
+        Raises:
+            DerpConnectionClosed: not connected, or the connection dropped.
+            DerpTimeoutError: no Pong within ``timeout``.
+        """
+        conn = self._conn
+        if conn is None:
+            raise DerpConnectionClosed("not connected")
+        return await conn.ping(timeout)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected until cancelled; ``task_status.started()`` after the first handshake.
+
+        Never raises for network trouble (it logs and redials).
+        """
+        started = False
+        delay = self.min_backoff
+        while True:
+            conn = await self._connect()
+            if conn is None:
+                self.dial_failures += 1
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            delay = self.min_backoff
+            self._restart_in = None
+            try:
+                self._conn = conn
+                self.connected = True
+                self.connects += 1
+                self.server_key = conn.server_key
+                assert self.transport is not None
+                log.info("derp client %s: connected to %s over %s",
+                         short(self.public_key), self.url, self.transport)
+                await self._events_in.send(Connected(self.transport, conn.server_key))
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._serve(conn)
+            finally:
+                self._disconnected()
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+            restart_in = self._take_restart_hint()
+            if restart_in is not None:
+                await trio.sleep(restart_in)
+            else:
+                await trio.sleep(self.min_backoff * random.uniform(0.5, 1.0))
+
+    # ------------------------------------------------------------ internals
+
+    async def _connect(self) -> DerpConn | None:
+        try:
+            stream, transport = await dial(
+                self.url,
+                force_websocket=self.force_websocket,
+                ssl_context=self.ssl_context,
+                timeout=self.dial_timeout,
+            )
+        except DialError as exc:
+            log.info("derp client %s: dial %s failed: %s", short(self.public_key), self.url, exc)
+            return None
+        if transport == "websocket" and not self.force_websocket:
+            log.info("derp client: %s blocks the DERP upgrade; staying on WebSocket", self.url)
+            self.force_websocket = True
+        try:
+            conn = await DerpConn.handshake(
+                stream, self._private_key, mesh_key=self.mesh_key, timeout=self.dial_timeout
+            )
+            if self.preferred:
+                await conn.note_preferred(True)
+        except DerpError as exc:
+            log.info("derp client: handshake with %s failed: %s", self.url, exc)
+            return None
+        self.transport = transport
+        return conn
+
+    def _take_restart_hint(self) -> float | None:
+        hint, self._restart_in = self._restart_in, None
+        return hint
+
+    def _disconnected(self) -> None:
+        self._conn = None
+        self.connected = False
+        self.dropped_disconnected += len(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._space.set()
+        self._space = trio.Event()
+
+    async def _serve(self, conn: DerpConn) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def writer() -> None:
+                try:
+                    await self._writer(conn)
+                except DerpConnectionClosed as exc:
+                    log.info("derp client: send to %s failed: %s", self.url, exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(writer)
+            try:
+                await self._reader(conn)
+            except (DerpConnectionClosed, DerpProtocolError) as exc:
+                log.info("derp client: connection to %s ended: %s", self.url, exc)
+            except trio.TooSlowError:
+                log.info("derp client: %s silent for %.0f s; reconnecting", self.url, DEAD_AFTER)
+            nursery.cancel_scope.cancel()
+
+    async def _reader(self, conn: DerpConn) -> None:
+        while True:
+            with trio.fail_after(DEAD_AFTER):
+                event = await conn.receive()
+            if type(event) is fr.RecvPacket:
+                self.packets_received += 1
+                self.bytes_received += len(event.data)
+                await self._events_in.send(Packet(event.src, event.data))
+            elif isinstance(event, fr.PeerGone):
+                await self._events_in.send(PeerGone(event.key, int(event.reason)))
+            elif isinstance(event, fr.Restarting):
+                self._restart_in = event.reconnect_in_ms / 1000
+                log.info("derp client: %s is restarting", self.url)
+            elif isinstance(event, fr.Health) and event.problem:
+                log.warning("derp client: relay %s health: %s", self.url, event.problem)
+
+    async def _writer(self, conn: DerpConn) -> None:
+        while True:
+            while not self._pending:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            batch: list[tuple[bytes, bytes]] = []
+            size = 0
+            while self._pending and size < _BATCH_BYTES:
+                item = self._pending.popleft()
+                batch.append(item)
+                size += len(item[1])
+            self._pending_bytes -= size
+            self._space.set()
+            self._space = trio.Event()
+            await conn.send_packets(batch)
+            self.packets_sent += len(batch)
+            self.bytes_sent += size

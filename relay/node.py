@@ -1,0 +1,155 @@
+"""The relay edge node: a listener, the front door with ``/derp``, and mesh links.
+
+``RelayNode`` is what ``burrow relay`` runs and what ``burrow server`` embeds
+(coderd mounts its API on ``node.frontdoor`` before ``serve``).  ``serve``
+binds the listener, reports the bound base URL through ``task_status``,
+keeps a mesh link to every ``mesh_with`` sibling (dialed like any client,
+with the mesh key; ``DerpServer.run_mesh_link`` redials forever), and on
+cancellation ends every DERP connection before returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from derp.dial import dial, parse_url
+from derp.keys import generate_private_key, key_to_hex
+from derp.server import DerpServer
+from relay.derp_routes import mount_derp
+from relay.frontdoor import FrontDoor
+from relay.listener import parse_listen, serve_http
+
+log = logging.getLogger("burrow.relay")
+
+
+@dataclass
+class RelayConfig:
+    """Settings of one relay node.
+
+    Attributes:
+        listen: ``host:port`` to bind (port 0: any free port).
+        tls_cert / tls_key: PEM files; both or neither (TLS when both).
+        mesh_key: 32 bytes shared by meshed relays.
+        mesh_with: base URLs of sibling relays to mesh with.
+        private_key: the relay's DERP private key (random when None).
+        force_websockets: dial siblings over WebSocket; advertised to clients.
+        mesh_ssl_context: TLS settings for dialing https siblings.
+        queue_size: packets queued per DERP client before drops.
+    """
+
+    listen: str = "127.0.0.1:3001"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    mesh_key: bytes | None = None
+    mesh_with: list[str] = field(default_factory=list)
+    private_key: bytes | None = None
+    force_websockets: bool = False
+    mesh_ssl_context: ssl.SSLContext | None = None
+    queue_size: int = 512
+
+    def validate(self) -> None:
+        """Check the settings without touching the network.
+
+        Raises:
+            ValueError: a bad listen address, TLS half-configured, a mesh
+                without a key, a bad sibling URL, or a key of the wrong size.
+        """
+        parse_listen(self.listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.mesh_with and self.mesh_key is None:
+            raise ValueError("meshing with siblings needs a mesh key")
+        if self.mesh_key is not None and len(self.mesh_key) != 32:
+            raise ValueError("the mesh key must be 32 bytes")
+        for url in self.mesh_with:
+            try:
+                parse_url(url)
+            except Exception as exc:
+                raise ValueError(str(exc)) from exc
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A TLS server context from PEM files, offering HTTP/1.1 by ALPN.
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: the files do not hold a matching certificate and key.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class RelayNode:
+    """One relay process's worth of serving.
+
+    Attributes:
+        config: the settings.
+        derp_server: the DERP relay core.
+        frontdoor: the HTTP front door; mount more routes before ``serve``.
+        url: the bound base URL, once serving.
+
+    Raises:
+        ValueError: invalid ``config`` (see ``RelayConfig.validate``).
+        OSError / ssl.SSLError: TLS files unreadable or mismatched.
+    """
+
+    def __init__(self, config: RelayConfig) -> None:
+        config.validate()
+        self.config = config
+        self.derp_server = DerpServer(
+            config.private_key or generate_private_key(),
+            mesh_key=config.mesh_key,
+            queue_size=config.queue_size,
+        )
+        self.frontdoor = FrontDoor()
+        mount_derp(self.frontdoor, self.derp_server)
+        self.ssl_context: ssl.SSLContext | None = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            self.ssl_context = server_ssl_context(config.tls_cert, config.tls_key)
+        self.url: str | None = None
+
+    async def _dial_sibling(self, url: str) -> trio.abc.Stream:
+        stream, transport = await dial(
+            url,
+            force_websocket=self.config.force_websockets,
+            ssl_context=self.config.mesh_ssl_context,
+        )
+        log.info("mesh: dialed %s over %s", url, transport)
+        return stream
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started(url)`` once listening.
+
+        Raises:
+            OSError: the listen address cannot be bound.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                url: str = await nursery.start(
+                    partial(serve_http, self.frontdoor, self.config.listen,
+                            ssl_context=self.ssl_context)
+                )
+                self.url = url
+                log.info("relay %s listening on %s",
+                         key_to_hex(self.derp_server.public_key)[:16], url)
+                for sibling in self.config.mesh_with:
+                    if sibling.rstrip("/") == url:
+                        continue
+                    nursery.start_soon(
+                        partial(
+                            self.derp_server.run_mesh_link,
+                            partial(self._dial_sibling, sibling),
+                            name=sibling,
+                        )
+                    )
+                task_status.started(url)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.derp_server.close()

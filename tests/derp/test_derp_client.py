@@ -1,0 +1,123 @@
+"""DerpClient against a real relay node on loopback: DERP and WebSocket transports,
+reconnects, drops while disconnected, ping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from derp.client import Connected, DerpClient, Packet, PeerGone
+from derp.errors import DerpConnectionClosed
+from derp.frames import PeerGoneReason
+from derp.keys import generate_private_key
+from relay.node import RelayConfig, RelayNode
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[RelayNode]:
+    node = RelayNode(RelayConfig(listen="127.0.0.1:0"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def next_packet(client: DerpClient) -> Packet:
+    for _ in range(100):
+        event = await client.receive()
+        if isinstance(event, Packet):
+            return event
+    raise AssertionError("no packet in 100 events")
+
+
+@pytest.mark.parametrize("force_websocket", [False, True])
+async def test_two_clients_exchange_packets(relay: RelayNode, force_websocket: bool) -> None:
+    assert relay.url is not None
+    a = DerpClient(relay.url, generate_private_key(), force_websocket=force_websocket)
+    b = DerpClient(relay.url, generate_private_key(), force_websocket=force_websocket)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            want = "websocket" if force_websocket else "derp"
+            assert a.transport == want
+            assert b.transport == want
+            event = await a.receive()
+            assert isinstance(event, Connected)
+            assert event.transport == want
+            assert event.server_key == relay.derp_server.public_key
+            payloads = [bytes([i % 256]) * (1 + i * 997 % 65536) for i in range(200)]
+            for p in payloads:
+                await a.send(b.public_key, p)
+            got = [await next_packet(b) for _ in payloads]
+            assert [g.data for g in got] == payloads
+            assert all(g.src == a.public_key for g in got)
+            await b.send(a.public_key, b"back")
+            assert (await next_packet(a)).data == b"back"
+            rtt = await a.ping()
+            assert 0 < rtt < 5
+            assert a.packets_sent == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_peer_gone_for_missing_peer(relay: RelayNode) -> None:
+    assert relay.url is not None
+    a = DerpClient(relay.url, generate_private_key())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await a.send(b"\x07" * 32, b"hello?")
+            for _ in range(10):
+                event = await a.receive()
+                if isinstance(event, PeerGone):
+                    break
+            assert isinstance(event, PeerGone)
+            assert event.key == b"\x07" * 32
+            assert event.reason == PeerGoneReason.NOT_HERE
+            nursery.cancel_scope.cancel()
+
+
+async def test_send_while_disconnected_drops_and_counts() -> None:
+    a = DerpClient("http://127.0.0.1:9", generate_private_key())
+    with trio.fail_after(2):
+        await a.send(b"\x01" * 32, b"x")
+    assert a.dropped_disconnected == 1
+    assert not a.connected
+    with pytest.raises(DerpConnectionClosed):
+        await a.ping()
+    with pytest.raises(ValueError, match="dst"):
+        await a.send(b"short", b"x")
+
+
+async def test_reconnects_after_relay_restart() -> None:
+    node = RelayNode(RelayConfig(listen="127.0.0.1:0"))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            scope = trio.CancelScope()
+
+            async def run_node(
+                n: RelayNode, s: trio.CancelScope,
+                task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                with s:
+                    await n.serve(task_status=task_status)
+
+            url = await outer.start(run_node, node, scope)
+            a = DerpClient(url, generate_private_key(), max_backoff=0.2)
+            await outer.start(a.run)
+            assert isinstance(await a.receive(), Connected)
+            scope.cancel()
+            for _ in range(200):
+                if not a.connected:
+                    break
+                await trio.sleep(0.01)
+            assert not a.connected
+            again = RelayNode(RelayConfig(listen=url.removeprefix("http://")))
+            await outer.start(run_node, again, trio.CancelScope())
+            event = await a.receive()
+            assert isinstance(event, Connected)
+            assert event.server_key == again.derp_server.public_key
+            assert a.connects == 2
+            outer.cancel_scope.cancel()
