@@ -324,54 +324,59 @@ class DerpServer:
     async def _writer(self, c: Client) -> None:
         m = self.metrics
         stream = c.stream
-        interval = self.keepalive_interval
+        # Jitter once per connection so keepalives of many clients spread out.
+        interval = self.keepalive_interval * random.uniform(0.9, 1.1)
         timeout = self._write_timeout(c)
-        keepalive_at = trio.current_time() + interval * random.uniform(0.9, 1.1)
         packets = c.packets
         control = c.control
+        keepalive_at = trio.current_time() + interval
         while True:
-            if not packets and not control:
-                c.wake = trio.Event()
-                with trio.move_on_at(keepalive_at):
-                    await c.wake.wait()
-                if not packets and not control:
-                    if trio.current_time() < keepalive_at:
-                        continue
-                    control.append(_KEEPALIVE)
-            parts: list[bytes] = []
-            size = 0
-            while control:
-                frame = control.popleft()
-                parts.append(frame)
-                size += len(frame)
-            npk = 0
-            data_bytes = 0
-            while packets and size < _BATCH_BYTES:
-                header, data = packets.popleft()
-                parts.append(header)
-                parts.append(data)
-                size += len(header) + len(data)
-                data_bytes += len(data)
-                npk += 1
-            c.busy = True
-            try:
-                with trio.move_on_after(timeout) as cs:
-                    await stream.send_all(b"".join(parts))
-            except _STREAM_ERRORS:
-                m.drop("write_error", npk)
-                m.closes["write_error"] += 1
-                c.scope.cancel()
-                return
-            finally:
-                c.busy = False
-            if cs.cancelled_caught:
+            # One cancel scope serves both timers (cheaper than a scope per
+            # wait and per write): its deadline is the keepalive time while
+            # idle and the write deadline while writing.  It fires rarely; a
+            # fresh one is made after each keepalive.
+            with trio.CancelScope(deadline=keepalive_at) as scope:
+                while True:
+                    if not packets and not control:
+                        scope.deadline = keepalive_at
+                        c.wake = trio.Event()
+                        await c.wake.wait()
+                    parts: list[bytes] = []
+                    size = 0
+                    while control:
+                        frame = control.popleft()
+                        parts.append(frame)
+                        size += len(frame)
+                    npk = 0
+                    data_bytes = 0
+                    while packets and size < _BATCH_BYTES:
+                        header, data = packets.popleft()
+                        parts.append(header)
+                        parts.append(data)
+                        size += len(header) + len(data)
+                        data_bytes += len(data)
+                        npk += 1
+                    now = trio.current_time()
+                    scope.deadline = now + timeout
+                    c.busy = True
+                    try:
+                        await stream.send_all(b"".join(parts))
+                    except _STREAM_ERRORS:
+                        m.drop("write_error", npk)
+                        m.closes["write_error"] += 1
+                        c.scope.cancel()
+                        return
+                    c.busy = False
+                    m.packets_out += npk
+                    m.bytes_out += data_bytes
+                    keepalive_at = now + interval
+            if c.busy:
                 m.drop("write_error", npk)
                 m.closes["write_timeout"] += 1
                 c.scope.cancel()
                 return
-            m.packets_out += npk
-            m.bytes_out += data_bytes
-            keepalive_at = trio.current_time() + interval * random.uniform(0.9, 1.1)
+            control.append(_KEEPALIVE)
+            keepalive_at = trio.current_time() + interval
 
     # ------------------------------------------------------------ reader
 
