@@ -1,0 +1,118 @@
+"""``burrow relay``: a standalone DERP relay (a regional relay / workspace proxy).
+
+Prints ``relay listening on <url>`` (one line, flushed) once it accepts
+connections, so scripts and tests can start it with ``--listen 127.0.0.1:0``
+and read the port.  SIGINT and SIGTERM shut it down cleanly (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from burrow.flags import UsageError, add, add_bool
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("relay", help="run a standalone DERP relay")
+    add(parser, "--listen", default="127.0.0.1:3001", help="host:port to listen on (port 0: any)")
+    add(parser, "--tls-cert", help="PEM certificate file; serve HTTPS (with --tls-key)")
+    add(parser, "--tls-key", help="PEM private key file for --tls-cert")
+    add(parser, "--mesh-key-file", help="file holding the 32-byte mesh key as 64 hex digits")
+    add(
+        parser,
+        "--mesh-with",
+        nargs="*",
+        default=[],
+        metavar="URL",
+        help="sibling relays to mesh with (needs --mesh-key-file)",
+    )
+    add_bool(parser, "--force-websockets", help="use WebSocket instead of the DERP upgrade")
+    add(parser, "--log-level", default="info", choices=LOG_LEVELS, help="log verbosity")
+    parser.set_defaults(run=run)
+
+
+def read_mesh_key(path: str) -> bytes:
+    """The mesh key from ``path``: 64 hex digits (whitespace ignored) or 32 raw bytes.
+
+    Raises:
+        UsageError: unreadable file or not a 32-byte key.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read mesh key file {path}: {exc.strerror or exc}") from None
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = raw
+    if len(key) != 32:
+        raise UsageError(f"mesh key file {path} must hold 32 bytes as 64 hex digits")
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
+    from relay.node import RelayConfig, RelayNode
+
+    mesh_key = read_mesh_key(args.mesh_key_file) if args.mesh_key_file else None
+    config = RelayConfig(
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        mesh_key=mesh_key,
+        mesh_with=list(args.mesh_with or []),
+        force_websockets=args.force_websockets,
+    )
+    try:
+        node = RelayNode(config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # includes ssl.SSLError
+        raise UsageError(f"cannot load TLS certificate/key: {exc}") from None
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import trio
+
+    # A second Ctrl-C while shutting down (or before the receiver is up) must
+    # not become a KeyboardInterrupt traceback: outside trio.run's signal
+    # receiver, SIGINT and SIGTERM only ask for shutdown, which is underway.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _ignore_signal)
+    try:
+        trio.run(_serve, node)
+    except OSError as exc:
+        sys.stderr.write(f"burrow relay: cannot listen on {args.listen}: {exc.strerror or exc}\n")
+        return 1
+    return 0
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    pass
+
+
+async def _serve(node: Any) -> None:
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(node.serve)
+            print(f"relay listening on {url}", flush=True)
+
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("burrow.relay").info(
+                        "%s received; shutting down", signal.Signals(signum).name
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(wait_for_signal)
