@@ -17,6 +17,18 @@ from burrow.flags import Parser, UsageError
 COMMANDS = (
     "relay",
     "provisionerd",
+    "server",
+    "login",
+    "logout",
+    "whoami",
+    "templates",
+    "create",
+    "list",
+    "show",
+    "start",
+    "stop",
+    "delete",
+    "logs",
 )
 
 

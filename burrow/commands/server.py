@@ -1,0 +1,128 @@
+"""``burrow server``: the control plane with its embedded relay front door."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from burrow.flags import UsageError, add
+
+# flag name -> (ServerConfig field, type, help)
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--listen", "listen", str, "address to serve HTTP on (port 0 picks one)"),
+    ("--access-url", "access_url", str,
+     "URL workspaces and clients reach this server at (default: the listen URL)"),
+    ("--data-dir", "data_dir", str,
+     "directory for the SQLite database and work files (default: ~/.local/share/burrow)"),
+    ("--postgres-url", "postgres_url", str, "use PostgreSQL at this URL instead of SQLite"),
+    ("--provisioner-daemons", "provisioner_daemons", int, "built-in provisioner daemons"),
+    ("--provisioner-psk", "provisioner_psk", str,
+     "pre-shared key external provisioner daemons authenticate with"),
+    ("--heartbeat-timeout", "heartbeat_timeout", float,
+     "seconds without a provisioner heartbeat before its job fails"),
+    ("--log-format", "log_format", str, "log lines: human or json"),
+    ("--prometheus-address", "prometheus_address", str,
+     "serve Prometheus metrics on this address (off when empty)"),
+]
+
+
+# Shown in --help; the values themselves live in coderd.server.ServerConfig
+# (imported only when the command runs, to keep `burrow --help` light).
+_DEFAULTS = {
+    "listen": "127.0.0.1:3000",
+    "provisioner_daemons": 3,
+    "heartbeat_timeout": 30.0,
+    "log_format": "human",
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "server",
+        help="run the control plane (API, relay front door, provisioners)",
+        description="Run coderd: the API under /api/v2, built-in provisioners, the relay "
+        "front door. Options come from flags, BURROW_<NAME> environment variables, then "
+        "the YAML file given with --config (keys are the flag names).",
+    )
+    add(p, "--config", help="YAML file of options (keys: the flag names without dashes)")
+    for flag, fld, typ, text in _OPTIONS:
+        default = _DEFAULTS.get(fld)
+        shown = f" (default: {default})" if default is not None else ""
+        add(p, flag, help=text + shown if "(default" not in text else text, type=typ)
+    p.set_defaults(run=run)
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must be a mapping of option names")
+    return data
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """Flags and environment first, then the YAML file, then defaults.
+
+    Raises:
+        UsageError: unknown or mistyped YAML keys, or an invalid value.
+    """
+    from coderd.server import ServerConfig
+
+    file_values = _load_yaml(args.config) if args.config else {}
+    known = {flag.lstrip("-"): (fld, typ) for flag, fld, typ, _ in _OPTIONS}
+    values: dict[str, Any] = {}
+    for key, raw in file_values.items():
+        name = str(key).replace("_", "-")
+        if name not in known:
+            raise UsageError(f"unknown option in {args.config}: {key}")
+        fld, typ = known[name]
+        try:
+            values[fld] = typ(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"option {key} in {args.config} must be a {typ.__name__}") from None
+    for _flag, fld, _typ, _ in _OPTIONS:
+        given = getattr(args, fld)
+        if given is not None:
+            values[fld] = given
+    config = ServerConfig(**values)
+    if config.log_format not in ("human", "json"):
+        raise UsageError("--log-format must be human or json")
+    if config.provisioner_daemons < 0:
+        raise UsageError("--provisioner-daemons must be 0 or more")
+    if config.heartbeat_timeout <= 0:
+        raise UsageError("--heartbeat-timeout must be positive")
+    return dataclasses.replace(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from coderd.server import configure_logging, run_server
+    from coderd.store.base import StoreError
+
+    config = build_config(args)
+    configure_logging(config.log_format)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(run_server, config)
+            print(f"burrow server listening on {url}", flush=True)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        print("burrow server stopped", file=sys.stderr, flush=True)
+        return 0
+    except (StoreError, OSError, ValueError) as exc:
+        print(f"burrow server: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0

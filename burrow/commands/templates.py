@@ -1,0 +1,97 @@
+"""``burrow templates push|list``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import tarfile
+from typing import Any
+
+from burrow.flags import Parser, UsageError, add
+
+SKIP_DIRS = {".terraform", ".git"}
+SKIP_FILES = {"terraform.tfstate", "terraform.tfstate.backup", ".terraform.lock.hcl"}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("templates", help="push and list workspace templates")
+    tsub = p.add_subparsers(dest="templates_command", metavar="SUBCOMMAND", parser_class=Parser)
+    tsub.required = True
+    push = tsub.add_parser("push", help="upload a directory of .tf files as a new version")
+    push.add_argument("directory", help="the template directory")
+    add(push, "--name", help="template name (default: the directory's name)")
+    add(push, "--description", help="template description")
+    add(push, "--version", help="version name (default: v<N>)")
+    push.set_defaults(run=run_push)
+    lst = tsub.add_parser("list", help="list templates")
+    lst.set_defaults(run=run_list)
+
+
+def archive_directory(directory: str) -> bytes:
+    """A tar of the template's regular files (skipping .terraform, state, links).
+
+    Raises:
+        UsageError: not a directory, or no .tf file in it.
+    """
+    if not os.path.isdir(directory):
+        raise UsageError(f"not a directory: {directory}")
+    buf = io.BytesIO()
+    found_tf = False
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for root, dirs, files in os.walk(directory):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS
+                             and not os.path.islink(os.path.join(root, d)))
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if name in SKIP_FILES or os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                rel = os.path.relpath(path, directory)
+                found_tf |= name.endswith(".tf")
+                info = tar.gettarinfo(path, arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+    if not found_tf:
+        raise UsageError(f"no .tf files in {directory}")
+    return buf.getvalue()
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from burrow.api_client import run_command, session_client
+
+    directory = os.path.abspath(args.directory)
+    name = args.name or os.path.basename(directory.rstrip("/")).lower()
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?", name):
+        raise UsageError(f"invalid template name {name!r}: use --name with a-z, 0-9, '-', '_'")
+    archive = archive_directory(directory)
+
+    async def main() -> int:
+        client = session_client()
+        out = await client.push_template(
+            name, archive, description=args.description or "", version=args.version or ""
+        )
+        v = out["version"]
+        print(f"Pushed template {name!r} version {v['name']} ({len(out['files'])} files, "
+              f"{v['archive_size']} bytes); it is now the active version.")
+        return 0
+
+    return run_command("templates push", main)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from burrow.api_client import run_command, session_client
+
+    async def main() -> int:
+        templates = await session_client().templates()
+        if not templates:
+            print("No templates yet: push one with `burrow templates push <dir>`.")
+            return 0
+        print(f"{'NAME':<24} DESCRIPTION")
+        for t in templates:
+            print(f"{t['name']:<24} {t['description']}")
+        return 0
+
+    return run_command("templates list", main)

@@ -1,0 +1,245 @@
+"""``burrow server``: coderd on the relay front door, with built-in provisioners.
+
+Start-up order: open and migrate the store; build the API router; mount it at
+``/api/v2`` on a front door, with the provisioner daemon endpoint
+(``coderd.provisionerd_api``) at ``/api/v2/provisionerd``; listen; then start
+the job reaper and the built-in provisioner daemons, which connect back to
+our own URL over a WebSocket with an internal pre-shared key generated at
+start-up (never logged).  Built-in and external daemons share one code path.
+
+The provisioner pieces are looked up at run time (``_provisioners``) so the
+server runs, and says so, when they are missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from coderd import builds
+from coderd.api.app import make_router
+from coderd.archive import MAX_UPLOAD
+from coderd.deps import Coderd, use
+from coderd.store.base import Store
+from coderd.store.factory import open_store
+from relay.frontdoor import FrontDoor
+from relay.http import Request, Response, Upgrade
+from relay.listener import serve_http
+
+log = logging.getLogger("burrow.server")
+
+PROVISIONERD_PATH = "/api/v2/provisionerd"
+PROVISIONERD_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    """Every ``burrow server`` option (flag, ``BURROW_<NAME>``, YAML key)."""
+
+    listen: str = "127.0.0.1:3000"
+    access_url: str = ""
+    data_dir: str = ""
+    postgres_url: str = ""
+    provisioner_daemons: int = 3
+    provisioner_psk: str = ""
+    provisioner_tags: dict[str, str] = field(default_factory=dict)
+    heartbeat_timeout: float = 30.0
+    log_format: str = "human"
+    prometheus_address: str = ""
+
+    def __repr__(self) -> str:  # never print secrets
+        return (
+            f"ServerConfig(listen={self.listen!r}, access_url={self.access_url!r}, "
+            f"data_dir={self.data_dir!r}, postgres={'yes' if self.postgres_url else 'no'}, "
+            f"provisioner_daemons={self.provisioner_daemons})"
+        )
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(fmt: str) -> None:
+    """One line per event on stderr, human-readable or JSON."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _metrics_handler(cd: Coderd, door: FrontDoor, started: float) -> Any:
+    async def handler(request: Request, upgrade: Upgrade) -> Response:
+        counts = await cd.store.count_jobs_by_status()
+        lines = [
+            "# TYPE burrow_up gauge",
+            "burrow_up 1",
+            "# TYPE burrow_uptime_seconds gauge",
+            f"burrow_uptime_seconds {time.time() - started:.1f}",
+            "# TYPE burrow_http_requests_total counter",
+            f"burrow_http_requests_total {door.requests}",
+            "# TYPE burrow_http_errors_total counter",
+            *(f'burrow_http_errors_total{{status="{s}"}} {n}' for s, n in door.errors.items()),
+            "# TYPE burrow_provisioner_jobs gauge",
+            *(f'burrow_provisioner_jobs{{status="{s}"}} {n}' for s, n in counts.items()),
+        ]
+        return Response(200, ("\n".join(lines) + "\n").encode(),
+                        [("Content-Type", "text/plain; version=0.0.4")])
+
+    return handler
+
+
+async def _provisioners(
+    cd: Coderd,
+    config: ServerConfig,
+    door: FrontDoor,
+    nursery: trio.Nursery,
+) -> tuple[str, Any] | None:
+    """Mount the provisioner daemon endpoint and start its reaper.
+
+    Returns ``(internal_psk, api)`` or None when ``coderd.provisionerd_api``
+    is not available (then the server still serves the API; builds stay
+    pending).
+    """
+    try:
+        mod = importlib.import_module("coderd.provisionerd_api")
+        api_cls = mod.ProvisionerAPI
+    except (ImportError, AttributeError) as exc:
+        log.warning("provisioner API unavailable (%s): builds will stay pending", exc)
+        return None
+    internal_psk = secrets.token_urlsafe(32)
+
+    async def completed(job: Any) -> None:
+        await builds.on_job_completed(job, cd.store, cd.pubsub)
+
+    api = api_cls(
+        cd.store,
+        cd.pubsub,
+        psk=config.provisioner_psk or None,
+        on_job_completed=completed,
+        heartbeat_timeout=config.heartbeat_timeout,
+        internal_psk=internal_psk,
+    )
+    door.mount(PROVISIONERD_PATH, api.handler, max_body=PROVISIONERD_MAX_MESSAGE)
+    nursery.start_soon(api.run_reaper)
+    return internal_psk, api
+
+
+async def _builtin_daemons(
+    url: str, psk: str, config: ServerConfig, data_dir: Path, nursery: trio.Nursery
+) -> int:
+    """Start ``config.provisioner_daemons`` built-in daemons (the hook D2 fills).
+
+    Uses ``provisionerd.daemon.ProvisionerDaemon`` connecting back to ``url``
+    over the same WebSocket endpoint external daemons use.  Returns how many
+    were started.
+    """
+    if config.provisioner_daemons <= 0:
+        return 0
+    try:
+        daemon_mod = importlib.import_module("provisionerd.daemon")
+        proto = importlib.import_module("provisionerd.protocol")
+        import trio_websocket
+    except ImportError as exc:
+        log.warning("built-in provisioners unavailable: %s", exc)
+        return 0
+    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + proto.PATH
+
+    async def connect() -> Any:
+        return await trio_websocket.connect_websocket_url(
+            nursery,
+            ws_url,
+            subprotocols=[proto.SUBPROTOCOL],
+            extra_headers=[(str(proto.PSK_HEADER).encode(), psk.encode())],
+            message_queue_size=64,
+            max_message_size=proto.MAX_MESSAGE,
+        )
+
+    workdirs = data_dir / "provisioner-work"
+    workdirs.mkdir(parents=True, exist_ok=True)
+    for i in range(config.provisioner_daemons):
+        daemon = daemon_mod.ProvisionerDaemon(
+            connect,
+            name=f"built-in-{i}",
+            tags=config.provisioner_tags,
+            workdir_root=workdirs,
+            psk=psk,
+        )
+        nursery.start_soon(daemon.run)
+    return int(config.provisioner_daemons)
+
+
+def default_data_dir() -> str:
+    """``$XDG_DATA_HOME/burrow``, else ``~/.local/share/burrow``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "burrow")
+
+
+async def run_server(
+    config: ServerConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled; ``task_status.started`` gets the listening URL.
+
+    Raises:
+        StoreError: the database cannot be opened or migrated.
+        OSError: the listen address cannot be bound.
+        ValueError: a malformed listen address.
+    """
+    data_dir = Path(config.data_dir or default_data_dir())
+    opened = await open_store(postgres_url=config.postgres_url or None, data_dir=str(data_dir))
+    store: Store = opened.store
+    try:
+        if opened.migrations_applied:
+            log.info("database migrated to version %d", max(opened.migrations_applied))
+        cd = Coderd(store, opened.pubsub, config.access_url, dict(config.provisioner_tags))
+        use(cd)
+        door = FrontDoor()
+        router = make_router(cd)
+        door.mount("/api/v2", router.handle, max_body=MAX_UPLOAD)
+        started = time.time()
+        async with trio.open_nursery() as nursery:
+            prov = await _provisioners(cd, config, door, nursery)
+            url: str = await nursery.start(serve_http, door, config.listen)
+            if not cd.access_url:
+                cd.access_url = url
+            if config.prometheus_address:
+                metrics = FrontDoor()
+                metrics.mount("/metrics", _metrics_handler(cd, door, started))
+                murl = await nursery.start(serve_http, metrics, config.prometheus_address)
+                log.info("prometheus metrics on %s/metrics", murl)
+            if prov is not None:
+                n = await _builtin_daemons(url, prov[0], config, data_dir, nursery)
+                log.info("%d built-in provisioner daemon(s) started", n)
+            if await store.count_users() == 0:
+                log.info("no users yet: run `burrow login %s` to create the owner", cd.access_url)
+            task_status.started(url)
+            await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await opened.aclose()
