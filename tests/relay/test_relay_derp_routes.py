@@ -1,0 +1,135 @@
+"""The /derp routes on a real RelayNode: 426 without an upgrade, the probe
+endpoints, the 101 headers, WebSocket without the derp subprotocol, and TLS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from derp.client import DerpClient, Packet
+from derp.keys import generate_private_key, key_to_hex
+from relay.listener import parse_listen
+from relay.node import RelayConfig, RelayNode
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[RelayNode]:
+    node = RelayNode(RelayConfig(listen="127.0.0.1:0"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def request(url: str, raw: bytes) -> bytes:
+    host, port = parse_listen(url.split("//", 1)[1])
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(raw)
+            out = b""
+            while b"\r\n\r\n" not in out:
+                data = await stream.receive_some()
+                if not data:
+                    break
+                out += data
+            return out
+
+
+async def test_derp_without_upgrade_is_426(relay: RelayNode) -> None:
+    assert relay.url is not None
+    out = await request(relay.url, b"GET /derp HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 426 ")
+    assert b"application/json" in out
+
+
+@pytest.mark.parametrize("path", [b"/derp/probe", b"/derp/latency-check"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+async def test_probes_answer_200(relay: RelayNode, path: bytes, method: bytes) -> None:
+    assert relay.url is not None
+    out = await request(relay.url, method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_upgrade_answers_101_with_derp_headers(relay: RelayNode) -> None:
+    assert relay.url is not None
+    out = await request(relay.url, b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\n"
+                                   b"Connection: Upgrade\r\n\r\n")
+    head = out.split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 101 ")
+    assert "upgrade: derp" in head
+    assert "derp-version: 2" in head
+    assert f"derp-public-key: {key_to_hex(relay.derp_server.public_key)}" in head
+    # the ServerKey frame follows at once
+    assert out.split(b"\r\n\r\n", 1)[1][:1] in (b"", b"\x01")
+
+
+async def test_websocket_without_derp_subprotocol_is_400(relay: RelayNode) -> None:
+    assert relay.url is not None
+    out = await request(relay.url, b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                   b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+
+
+def make_cert(tmp: Path) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.parametrize("force_websocket", [False, True])
+async def test_tls_relay(tmp_path: Path, force_websocket: bool) -> None:
+    cert, key = make_cert(tmp_path)
+    node = RelayNode(RelayConfig(listen="127.0.0.1:0", tls_cert=cert, tls_key=key))
+    ctx = ssl.create_default_context(cafile=cert)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(node.serve)
+            assert url.startswith("https://127.0.0.1:")
+            a = DerpClient(url, generate_private_key(), ssl_context=ctx,
+                           force_websocket=force_websocket)
+            b = DerpClient(url, generate_private_key(), ssl_context=ctx)
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.send(b.public_key, b"over tls")
+            event = await b.receive()
+            while not isinstance(event, Packet):
+                event = await b.receive()
+            assert event.data == b"over tls"
+            nursery.cancel_scope.cancel()
