@@ -34,8 +34,26 @@ def register(sub: Any) -> None:
         help="sibling relays to mesh with (needs --mesh-key-file)",
     )
     add_bool(parser, "--force-websockets", help="use WebSocket instead of the DERP upgrade")
-    add(parser, "--log-level", default="info", choices=LOG_LEVELS, help="log verbosity")
+    add(
+        parser,
+        "--log-level",
+        default="info",
+        type=log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help="log verbosity",
+    )
     parser.set_defaults(run=run)
+
+
+def log_level(text: str) -> str:
+    """One of ``LOG_LEVELS`` (case-insensitive).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
 
 
 def read_mesh_key(path: str) -> bytes:
