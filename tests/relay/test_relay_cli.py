@@ -15,7 +15,7 @@ from derp.client import DerpClient
 from derp.keys import generate_private_key
 
 sys.path.insert(0, str(Path(__file__).parent))
-from relay_procs import RelayProcess  # noqa: E402
+from relay_procs import RelayProcess
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

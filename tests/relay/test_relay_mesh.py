@@ -19,7 +19,7 @@ from derp.client import DerpClient, Packet, PeerGone
 from derp.keys import generate_private_key
 
 sys.path.insert(0, str(Path(__file__).parent))
-from relay_procs import RelayProcess  # noqa: E402
+from relay_procs import RelayProcess
 
 
 async def exchange(src: DerpClient, dst: DerpClient, tag: bytes, *, within: float = 15) -> None:
