@@ -127,7 +127,7 @@ class Channel:
 
     def handshake_failed(self, now: float) -> bool:
         """True when an initiation has gone unanswered for ``timeout`` seconds."""
-        return self._pending is not None and now - self._pending_started >= self.timeout
+        return self._pending is not None and now >= self._pending_started + self.timeout
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next needs to run (an initiation retry), if ever."""
@@ -138,7 +138,7 @@ class Channel:
     def tick(self, now: float) -> None:
         """Start or retry a handshake when one is due."""
         if self._pending is not None:
-            if now - self._pending_sent >= self.retry:
+            if now >= self._pending_sent + self.retry:
                 self._send_initiation(now, restart=False)
             return
         kp = self.current

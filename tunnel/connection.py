@@ -358,15 +358,15 @@ class Connection:
     def on_timer(self, now: float) -> None:
         """Run retransmission, keepalive and dead-peer timers."""
         cfg = self.cfg
-        if now - self._last_recv >= cfg.dead_timeout:
+        if now >= self._last_recv + cfg.dead_timeout:
             self.dead = True
             return
-        if self._sent and now - self._last_progress >= self._rto():
+        if self._sent and now >= self._last_progress + self._rto():
             for pn in list(self._sent):
                 self._declare_lost(pn)
             self._backoff = min(self._backoff * 2, 64.0)
             self._last_progress = now
-        if now - self._last_recv >= cfg.keepalive and now - self._last_ping >= cfg.keepalive:
+        if now >= max(self._last_recv, self._last_ping) + cfg.keepalive:
             self._last_ping = now
             self._control.append(fr.encode_ping(0))
 

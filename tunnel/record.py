@@ -120,7 +120,7 @@ class Keypair:
         return (
             self.send_counter >= lim.rekey_after_messages
             or self.bytes_sent >= lim.rekey_after_bytes
-            or now - self.created >= lim.rekey_after_time
+            or now >= self.created + lim.rekey_after_time
         )
 
     def expired(self, now: float) -> bool:
@@ -128,7 +128,7 @@ class Keypair:
         lim = self.limits
         return (
             self.send_counter >= lim.reject_after_messages
-            or now - self.created >= lim.reject_after_time
+            or now >= self.created + lim.reject_after_time
         )
 
     def seal(self, plaintext: bytes) -> bytes:

@@ -1,0 +1,477 @@
+"""One tunnel session per peer: crypto channel + reliable streams + paths.
+
+Theory of operation
+-------------------
+A ``Session`` glues three sans-IO pieces to trio: the ``Channel``
+(handshake, keys), the ``Connection`` (streams, acks, flow control) and the
+paths that reach the peer (a relay path, and direct TCP links when the peer
+advertised endpoints). Its tasks, all in one nursery:
+
+* the *sender*: waits for a wake-up, then sends handshake messages and as
+  many sealed packets as the connection has ready, over the current path.
+  Everything queued while it was busy goes out together in the next round,
+  so bulk data fills ~64 KiB records and a lone keystroke leaves at once;
+* the *timer*: runs the connection's retransmit/keepalive/dead-peer timers
+  and the channel's handshake retries;
+* one *dialer* per advertised direct endpoint: connects in the background,
+  probes with an empty record, reads the link, redials after failures.
+
+Datagrams come in through ``datagram_received`` (called by the endpoint's
+path readers, never blocking). Path choice: a *confirmed* direct link (one
+that delivered an authenticated datagram) beats the relay; the relay beats an
+unconfirmed link. Any change of the current path makes the connection resend
+everything in flight at once. A new handshake that shows a different peer
+instance id means the peer restarted: old streams fail, a fresh connection
+starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from tunnel import direct
+from tunnel.channel import Channel
+from tunnel.connection import (
+    Config,
+    Connection,
+    PeerClosed,
+    PongReceived,
+    StreamPhase,
+    StreamRequest,
+)
+from tunnel.errors import (
+    PeerTimeoutError,
+    SessionClosedError,
+    StreamRefusedError,
+    TunnelError,
+)
+from tunnel.frames import ErrorCode
+from tunnel.path import Datagram, PacketPath
+from tunnel.record import Limits
+
+if TYPE_CHECKING:
+    from tunnel.stream import TunnelStream
+
+# Called for each stream the peer opens: returns True, or a refusal reason.
+OnRequest = Callable[["Session", int, str], "bool | str"]
+
+REDIAL_DELAY = 1.0
+DIAL_TIMEOUT = 5.0
+
+
+class Session:
+    """The tunnel to one peer (see module docstring).
+
+    Attributes:
+        peer_key: the peer's node key.
+        error: why the session ended, once it has.
+    """
+
+    def __init__(
+        self,
+        *,
+        local_private: bytes,
+        local_public: bytes,
+        peer_key: bytes,
+        instance: bytes,
+        relay: PacketPath | None,
+        on_request: OnRequest,
+        config: Config | None = None,
+        limits: Limits | None = None,
+        last_timestamps: dict[bytes, bytes] | None = None,
+        handshake_timeout: float = 15.0,
+    ) -> None:
+        self.peer_key = peer_key
+        self.local_public = local_public
+        self.config = config or Config()
+        self._on_request = on_request
+        self.channel = Channel(
+            local_private,
+            peer_key,
+            instance=instance,
+            limits=limits,
+            timeout=handshake_timeout,
+            last_timestamps=last_timestamps,
+        )
+        now = trio.current_time()
+        self._local_is_low = local_public < peer_key
+        self.conn = Connection(local_is_low=self._local_is_low, now=now, config=self.config)
+        self.peer_instance: bytes | None = None
+        self.relay = relay
+        self.links: list[direct.DirectLink] = []  # candidate direct links
+        self.direct: direct.DirectLink | None = None  # confirmed, in use
+        self._confirmed: set[int] = set()  # id() of links that authenticated
+        self._probe: list[direct.DirectLink] = []  # links owed an empty record
+        self._dialers: dict[tuple[str, int], trio.CancelScope] = {}
+        self.error: TunnelError | None = None
+        self.established = trio.Event()
+        self.finished = trio.Event()
+        self._wake = trio.Event()
+        self._timer_kick = trio.Event()
+        self._timer_at = math.inf
+        self._stream_events: dict[int, trio.Event] = {}
+        self._pongs: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.path_changes = 0
+
+    # == lifecycle =======================================================
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the session's tasks until it fails or is closed."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._sender)
+                nursery.start_soon(self._timer)
+                for endpoint, scope in self._dialers.items():
+                    nursery.start_soon(self._dialer, *endpoint, scope)
+                task_status.started()
+        finally:
+            if self.error is None:
+                self.error = SessionClosedError("closed", "session ended")
+            self._notify_all()
+            self.finished.set()
+            with trio.CancelScope(shield=True):
+                for link in self.links:
+                    await trio.aclose_forcefully(link.stream)
+
+    def fail(self, error: TunnelError) -> None:
+        """End the session with ``error``; every stream sees it."""
+        if self.error is None:
+            self.error = error
+        self._notify_all()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def fail_quietly(self) -> None:
+        """End the session without telling the peer (it will time out)."""
+        self.fail(SessionClosedError("closed", "session closed locally"))
+
+    async def aclose(self) -> None:
+        """Tell the peer (best effort) and end the session."""
+        if self.error is None and self.channel.can_seal(trio.current_time()):
+            self.conn.close(ErrorCode.CLOSED, "session closed")
+            with trio.move_on_after(0.5):
+                await self._flush()
+        self.fail(SessionClosedError("closed", "session closed locally"))
+
+    def start_handshake(self) -> None:
+        self.channel.start_handshake(trio.current_time())
+        self.wake()
+
+    # == streams =========================================================
+    async def open_stream(self, service: str) -> TunnelStream:
+        """Open a stream to ``service`` on the peer.
+
+        Raises:
+            StreamRefusedError: the peer said no.
+            PeerTimeoutError, SessionClosedError: the session ended first.
+        """
+        from tunnel.stream import TunnelStream
+
+        self._check()
+        if self.channel.current is None and not self.channel.handshake_pending():
+            self.start_handshake()
+        conn = self.conn
+        sid = conn.open_stream(service)
+        st = conn.streams[sid]
+        self.wake()
+        while st.phase is StreamPhase.OPENING:
+            await self.wait_stream(sid)
+            self._check()
+            if conn is not self.conn:
+                raise SessionClosedError("peer_restarted", "peer restarted while opening")
+        if st.phase is StreamPhase.REFUSED:
+            assert st.error is not None
+            raise StreamRefusedError(*st.error)
+        return TunnelStream(self, st)
+
+    def accept_stream(self, sid: int) -> TunnelStream:
+        """Accept a stream the peer asked for (from an ``on_request`` callback)."""
+        from tunnel.stream import TunnelStream
+
+        st = self.conn.streams[sid]
+        self.conn.accept(sid)
+        self.wake()
+        return TunnelStream(self, st)
+
+    async def wait_stream(self, sid: int) -> None:
+        ev = self._stream_events.get(sid)
+        if ev is None:
+            ev = self._stream_events[sid] = trio.Event()
+        await ev.wait()
+
+    def _notify(self, sid: int) -> None:
+        ev = self._stream_events.pop(sid, None)
+        if ev is not None:
+            ev.set()
+
+    def _notify_all(self) -> None:
+        for ev in self._stream_events.values():
+            ev.set()
+        self._stream_events.clear()
+        for ev in self._pongs.values():
+            ev.set()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time of one PING/PONG, in seconds.
+
+        Raises:
+            PeerTimeoutError: no answer within ``timeout`` (pings are re-sent each second).
+        """
+        self._check()
+        if self.channel.current is None and not self.channel.handshake_pending():
+            self.start_handshake()
+        token = int.from_bytes(os.urandom(8), "big") | 1
+        ev = self._pongs[token] = trio.Event()
+        start = trio.current_time()
+        try:
+            with trio.move_on_after(timeout):
+                while not ev.is_set():
+                    sent = trio.current_time()
+                    self.conn.ping(token)
+                    self.wake()
+                    with trio.move_on_after(1.0):
+                        await ev.wait()
+                    if ev.is_set():
+                        self._check()
+                        return trio.current_time() - sent
+            self._check()
+            raise PeerTimeoutError(f"no pong in {trio.current_time() - start:.1f}s")
+        finally:
+            self._pongs.pop(token, None)
+
+    # == paths ===========================================================
+    def current_path(self) -> PacketPath | None:
+        if self.direct is not None and not self.direct.failed:
+            return self.direct
+        if self.relay is not None:
+            return self.relay
+        for link in self.links:
+            if not link.failed:
+                return link
+        return None
+
+    def path_kind(self) -> str:
+        path = self.current_path()
+        return "none" if path is None else path.kind
+
+    def set_relay(self, relay: PacketPath | None) -> None:
+        if relay is not self.relay:
+            self.relay = relay
+            self._path_changed()
+
+    def path_reset(self) -> None:
+        """The relay connection was re-established: resend what was in flight."""
+        if self.current_path() is self.relay:
+            self._path_changed()
+
+    def _path_changed(self) -> None:
+        self.path_changes += 1
+        self.conn.path_changed(trio.current_time())
+        self.wake()
+
+    def add_link(self, link: direct.DirectLink, *, probe: bool) -> None:
+        """A new direct link to the peer (accepted or dialed)."""
+        self.links.append(link)
+        if probe:
+            self._probe.append(link)
+            self.wake()
+
+    def link_lost(self, link: direct.DirectLink) -> None:
+        link.failed = True
+        if link in self.links:
+            self.links.remove(link)
+        self._confirmed.discard(id(link))
+        if link is self.direct:
+            self.direct = None
+            for other in self.links:
+                if id(other) in self._confirmed and not other.failed:
+                    self.direct = other
+                    break
+            self._path_changed()
+
+    def _confirm(self, link: direct.DirectLink) -> None:
+        if id(link) in self._confirmed or link.failed:
+            return
+        self._confirmed.add(id(link))
+        self._probe.append(link)  # so the other side confirms it too
+        if self.direct is not link:
+            self.direct = link
+            self._path_changed()
+
+    # == receiving =======================================================
+    def datagram_received(self, data: bytes, via: PacketPath) -> None:
+        """One datagram from the peer, on any path. Never raises, never blocks."""
+        if self.error is not None:
+            return
+        now = trio.current_time()
+        res = self.channel.receive(data, now)
+        if res.established:
+            self._on_established(res.peer_instance)
+        if res.plaintext is not None:
+            if isinstance(via, direct.DirectLink):
+                self._confirm(via)
+            self.conn.receive(res.plaintext, now)
+            self._after_input()
+        self.wake()
+
+    def _on_established(self, instance: bytes) -> None:
+        if self.peer_instance is not None and instance != self.peer_instance:
+            # The peer restarted: its half of every stream is gone.
+            old = self.conn
+            self.conn = Connection(
+                local_is_low=self._local_is_low, now=trio.current_time(), config=self.config
+            )
+            old.dead = True
+            self._notify_all()
+        self.peer_instance = instance
+        self.established.set()
+
+    def _after_input(self) -> None:
+        conn = self.conn
+        for ev in conn.take_events():
+            if isinstance(ev, StreamRequest):
+                verdict = self._on_request(self, ev.sid, ev.service)
+                if verdict is not True:
+                    reason = verdict if isinstance(verdict, str) else "refused"
+                    conn.refuse(ev.sid, ErrorCode.REFUSED, reason)
+            elif isinstance(ev, PongReceived):
+                pong = self._pongs.get(ev.token)
+                if pong is not None:
+                    pong.set()
+            elif isinstance(ev, PeerClosed):
+                self.fail(SessionClosedError("peer_closed", ev.reason or "peer closed"))
+        for sid in conn.take_changed():
+            self._notify(sid)
+
+    # == sending =========================================================
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _sender(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        channel, conn = self.channel, self.conn
+        for _ in range(1000):  # bounded: each round sends at most 64 packets
+            now = trio.current_time()
+            if self.channel.current is not None:
+                channel.tick(now)
+            path = self.current_path()
+            out = channel.take_outgoing()
+            if channel.can_seal(now):
+                while self._probe:
+                    link = self._probe.pop()
+                    record = channel.seal(b"", now)
+                    if record is not None:
+                        await link.send(self.peer_key, record)
+                        if link.failed:
+                            self.link_lost(link)
+                for packet in conn.poll(now):
+                    record = channel.seal(packet, now)
+                    if record is not None:
+                        out.append(record)
+            self._reschedule_timer()
+            if not out:
+                return
+            if path is None:
+                continue  # nowhere to send: retransmission recovers later
+            if isinstance(path, direct.DirectLink):
+                await path.send_many(self.peer_key, out)
+                if path.failed:
+                    self.link_lost(path)
+            else:
+                for record in out:
+                    await path.send(self.peer_key, record)
+            for sid in conn.take_changed():
+                self._notify(sid)
+
+    # == timers ==========================================================
+    def _reschedule_timer(self) -> None:
+        deadline = self._deadline()
+        if deadline < self._timer_at:
+            self._timer_kick.set()
+
+    def _deadline(self) -> float:
+        t = self.conn.next_deadline()
+        hs = self.channel.next_deadline()
+        if hs is not None:
+            t = min(t, hs)
+        if self.channel.current is not None:
+            t = min(t, self.channel.current.created + self.channel.limits.rekey_after_time)
+        return t
+
+    async def _timer(self) -> None:
+        while True:
+            self._timer_at = self._deadline()
+            self._timer_kick = trio.Event()
+            with trio.move_on_at(self._timer_at):
+                await self._timer_kick.wait()
+                continue
+            now = trio.current_time()
+            self.channel.tick(now)
+            if self.channel.current is None and self.channel.handshake_failed(now):
+                self.fail(PeerTimeoutError("handshake with peer timed out"))
+                return
+            self.conn.on_timer(now)
+            if self.conn.dead:
+                self.fail(
+                    PeerTimeoutError(
+                        f"peer silent for {self.config.dead_timeout:.0f}s (dead-peer timeout)"
+                    )
+                )
+                return
+            for sid in self.conn.take_changed():
+                self._notify(sid)
+            self.wake()
+
+    # == direct dialing ==================================================
+    def set_direct_endpoints(self, endpoints: list[tuple[str, int]]) -> None:
+        """Dial these endpoints in the background (and stop dialing others)."""
+        for endpoint in endpoints:
+            if endpoint not in self._dialers:
+                scope = self._dialers[endpoint] = trio.CancelScope()
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._dialer, *endpoint, scope)
+        for endpoint in list(self._dialers):
+            if endpoint not in endpoints:
+                self._dialers.pop(endpoint).cancel()
+
+    async def _dialer(self, host: str, port: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._dial_loop(host, port)
+
+    async def _dial_loop(self, host: str, port: int) -> None:
+        while True:
+            link: direct.DirectLink | None = None
+            with trio.move_on_after(DIAL_TIMEOUT):
+                try:
+                    link = await direct.dial(host, port, self.local_public, self.peer_key)
+                except OSError:
+                    link = None
+            if link is not None:
+                self.add_link(link, probe=True)
+                try:
+                    while True:
+                        event = await link.receive()
+                        if isinstance(event, Datagram):
+                            self.datagram_received(event.data, link)
+                except (trio.EndOfChannel, direct.DirectLinkError):
+                    pass
+                finally:
+                    self.link_lost(link)
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(link.stream)
+            await trio.sleep(REDIAL_DELAY)

@@ -1,0 +1,187 @@
+"""``TunnelStream``: one tunnel stream as a ``trio.abc.HalfCloseableStream``.
+
+The stream holds its ``StreamState`` and calls into the session's
+``Connection``; waiting is done on per-stream events the session sets when
+the connection reports the stream changed. Errors map like ``SSLStream``:
+a peer reset, a STOP, or a failed session -> ``trio.BrokenResourceError``
+(with the tunnel error as ``__cause__``); using a stream after ``aclose``
+or sending after ``send_eof`` -> ``trio.ClosedResourceError``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from tunnel.connection import StreamState
+from tunnel.errors import StreamResetError, TunnelError
+from tunnel.frames import ErrorCode
+
+if TYPE_CHECKING:
+    from tunnel.session import Session
+
+DEFAULT_RECEIVE = 256 * 1024
+
+
+class _Conflict:
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.busy = False
+
+    def __enter__(self) -> None:
+        if self.busy:
+            raise trio.BusyResourceError(f"another task is already {self.what}")
+        self.busy = True
+
+    def __exit__(self, *args: object) -> None:
+        self.busy = False
+
+
+class TunnelStream(trio.abc.HalfCloseableStream):
+    """A reliable, ordered byte stream to a service on the peer.
+
+    Attributes:
+        peer_key: the peer's node key.
+        service: the service name the stream was opened for.
+    """
+
+    def __init__(self, session: Session, state: StreamState) -> None:
+        self._session = session
+        self._conn = session.conn
+        self._st = state
+        self.sid = state.sid
+        self.peer_key = session.peer_key
+        self.service = state.service
+        self._closed = False
+        self._eof_sent = False
+        self._send_conflict = _Conflict("sending on this stream")
+        self._recv_conflict = _Conflict("receiving on this stream")
+
+    def _session_error(self) -> TunnelError | None:
+        if self._session.error is not None:
+            return self._session.error
+        if self._session.conn is not self._conn:
+            return StreamResetError(ErrorCode.SESSION_ENDED, "peer restarted")
+        return None
+
+    def _send_error(self) -> BaseException | None:
+        st = self._st
+        if st.send_reset:
+            code, reason = st.error if st.error else (ErrorCode.STOPPED, "stream reset")
+            if st.stopped is not None:
+                code, reason = st.stopped, "peer stopped reading"
+            return StreamResetError(code, reason)
+        return self._session_error()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``, waiting for buffer space.
+
+        Raises:
+            trio.ClosedResourceError: after ``aclose`` or ``send_eof``.
+            trio.BrokenResourceError: the stream was reset/stopped or the session ended.
+            trio.BusyResourceError: another task is sending.
+        """
+        with self._send_conflict:
+            if self._closed or self._eof_sent:
+                raise trio.ClosedResourceError("stream closed for sending")
+            await trio.lowlevel.checkpoint()
+            view = memoryview(data).cast("B")
+            while True:
+                err = self._send_error()
+                if err is not None:
+                    raise trio.BrokenResourceError(str(err)) from err
+                if self._closed:
+                    raise trio.ClosedResourceError("stream closed")
+                if not view:
+                    return
+                n = self._conn.write(self.sid, view)
+                if n:
+                    view = view[n:]
+                    self._session.wake()
+                    continue
+                await self._session.wait_stream(self.sid)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until ``send_all`` would accept bytes without waiting."""
+        with self._send_conflict:
+            if self._closed or self._eof_sent:
+                raise trio.ClosedResourceError("stream closed for sending")
+            await trio.lowlevel.checkpoint()
+            while (
+                self._conn.send_space(self.sid) == 0
+                and self._send_error() is None
+                and not self._closed
+            ):
+                await self._session.wait_stream(self.sid)
+
+    async def send_eof(self) -> None:
+        """Finish our direction: the peer reads EOF after the bytes sent so far."""
+        with self._send_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("stream closed")
+            await trio.lowlevel.checkpoint()
+            if not self._eof_sent:
+                self._eof_sent = True
+                self._conn.send_eof(self.sid)
+                self._session.wake()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return the next bytes (b"" at EOF).
+
+        Raises:
+            trio.ClosedResourceError: after ``aclose``.
+            trio.BrokenResourceError: the peer reset the stream or the session ended.
+            trio.BusyResourceError: another task is receiving.
+        """
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE
+        if not isinstance(max_bytes, int):
+            raise TypeError("max_bytes must be an int")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._recv_conflict:
+            await trio.lowlevel.checkpoint()
+            st = self._st
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream closed")
+                if st.recv:
+                    data = self._conn.read(self.sid, max_bytes)
+                    if data:
+                        self._session.wake()
+                        return data
+                if st.recv_reset:
+                    code, reason = st.error or (ErrorCode.CLOSED, "reset")
+                    err = StreamResetError(code, reason)
+                    raise trio.BrokenResourceError(str(err)) from err
+                if st.at_eof():
+                    return b""
+                serr = self._session_error()
+                if serr is not None:
+                    raise trio.BrokenResourceError(str(serr)) from serr
+                await self._session.wait_stream(self.sid)
+
+    def reset(self, code: int = ErrorCode.CLOSED, reason: str = "") -> None:
+        """Abort both directions at once: the peer sees ``StreamResetError``."""
+        if self._session.conn is self._conn:
+            self._conn.reset(self.sid, code, reason)
+            self._conn.close_read(self.sid)
+            self._session.wake()
+        self._closed = True
+        self._session._notify(self.sid)
+
+    async def aclose(self) -> None:
+        """Close gracefully: FIN our direction (buffered bytes still arrive) and
+        STOP the peer's if it has not ended; unread bytes are discarded."""
+        if not self._closed:
+            self._closed = True
+            if self._session.conn is self._conn and self._session.error is None:
+                if self._st.recv or self._st.ooo:
+                    self._conn.reset(self.sid, ErrorCode.CLOSED, "closed with unread data")
+                elif not self._eof_sent:
+                    self._conn.send_eof(self.sid)
+                self._conn.close_read(self.sid)
+                self._session.wake()
+            self._session._notify(self.sid)
+        await trio.lowlevel.checkpoint()
