@@ -1,7 +1,8 @@
 """``burrow server``: coderd on the relay front door, with built-in provisioners.
 
 Start-up order: open and migrate the store; build the API router; mount it at
-``/api/v2`` on a front door, with the provisioner daemon endpoint
+``/api/v2`` on the embedded relay node's front door (the node also serves
+``/derp``: this server is the primary DERP region), with the provisioner daemon endpoint
 (``coderd.provisionerd_api``) at ``/api/v2/provisionerd``; listen; then start
 the job reaper and the built-in provisioner daemons, which connect back to
 our own URL over a WebSocket with an internal pre-shared key generated at
@@ -35,6 +36,7 @@ from coderd.store.factory import open_store
 from relay.frontdoor import FrontDoor
 from relay.http import Request, Response, Upgrade
 from relay.listener import serve_http
+from relay.node import RelayConfig, RelayNode
 
 log = logging.getLogger("burrow.server")
 
@@ -56,6 +58,8 @@ class ServerConfig:
     heartbeat_timeout: float = 30.0
     log_format: str = "human"
     prometheus_address: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -219,13 +223,15 @@ async def run_server(
             log.info("database migrated to version %d", max(opened.migrations_applied))
         cd = Coderd(store, opened.pubsub, config.access_url, dict(config.provisioner_tags))
         use(cd)
-        door = FrontDoor()
+        node = RelayNode(RelayConfig(listen=config.listen, tls_cert=config.tls_cert or None,
+                                     tls_key=config.tls_key or None))
+        door = node.frontdoor
         router = make_router(cd)
         door.mount("/api/v2", router.handle, max_body=MAX_UPLOAD)
         started = time.time()
         async with trio.open_nursery() as nursery:
             prov = await _provisioners(cd, config, door, nursery)
-            url: str = await nursery.start(serve_http, door, config.listen)
+            url: str = await nursery.start(node.serve)
             if not cd.access_url:
                 cd.access_url = url
             if config.prometheus_address:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from typing import Any
 
@@ -25,6 +26,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--log-format", "log_format", str, "log lines: human or json"),
     ("--prometheus-address", "prometheus_address", str,
      "serve Prometheus metrics on this address (off when empty)"),
+    ("--tls-cert", "tls_cert", str, "PEM certificate: serve HTTPS (with --tls-key)"),
+    ("--tls-key", "tls_key", str, "PEM private key for --tls-cert"),
 ]
 
 
@@ -63,7 +66,10 @@ def _load_yaml(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise UsageError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a mapping of option names")
     return data
@@ -113,16 +119,37 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config.log_format)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(run_server, config)
-            print(f"burrow server listening on {url}", flush=True)
+        # SIGINT/SIGTERM cancel everything, so shutdown runs through the
+        # ordinary cancellation path (connections closed, database closed).
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(run_server, config)
+                print(f"burrow server listening on {url}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+        print("burrow server stopped", file=sys.stderr, flush=True)
 
     try:
         trio.run(main)
     except KeyboardInterrupt:
-        print("burrow server stopped", file=sys.stderr, flush=True)
         return 0
-    except (StoreError, OSError, ValueError) as exc:
-        print(f"burrow server: {exc}", file=sys.stderr, flush=True)
-        return 1
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            return 0
+        if isinstance(leaf, StoreError | OSError | ValueError):
+            message = " ".join(str(leaf).split())
+            if isinstance(leaf, OSError) and not isinstance(leaf, StoreError):
+                message = f"cannot listen on {config.listen}: {message}"
+            print(f"burrow server: {message}", file=sys.stderr, flush=True)
+            return 1
+        raise
     return 0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside nested single-member exception groups (else the group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

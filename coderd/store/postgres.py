@@ -35,6 +35,11 @@ LISTEN_SLICE = 0.05
 _Conn = psycopg.AsyncConnection[dict[str, Any]]
 
 
+def _msg(exc: BaseException) -> str:
+    """libpq's multi-line messages as one line."""
+    return " ".join(str(exc).split())
+
+
 def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
@@ -49,9 +54,9 @@ class _PgTx:
         try:
             return await self._conn.execute(_pg(sql) if params else sql, params or None)
         except psycopg.errors.IntegrityError as exc:
-            raise Conflict(str(exc).strip()) from exc
+            raise Conflict(_msg(exc)) from exc
         except psycopg.Error as exc:
-            raise StoreError(f"postgres: {str(exc).strip()}") from exc
+            raise StoreError(f"postgres: {_msg(exc)}") from exc
 
     async def fetchone(self, sql: str, *params: Any) -> Row | None:
         rows = await self.fetchall(sql, *params)
@@ -97,7 +102,7 @@ class PostgresDatabase:
                 self._url, autocommit=True, row_factory=dict_row
             )
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to postgres: {str(exc).strip()}") from exc
+            raise StoreError(f"cannot connect to postgres: {_msg(exc)}") from exc
         self._all.append(conn)
         return conn
 
@@ -110,7 +115,7 @@ class PostgresDatabase:
                 async with conn.transaction():
                     return await fn(_PgTx(conn))
             except psycopg.Error as exc:
-                raise StoreError(f"postgres: {str(exc).strip()}") from exc
+                raise StoreError(f"postgres: {_msg(exc)}") from exc
         finally:
             self._idle.put_nowait(conn)
 
@@ -192,7 +197,7 @@ class PostgresPubsub(Pubsub):
                     url, autocommit=True, row_factory=dict_row
                 )
             except psycopg.Error as exc:
-                raise StoreError(f"cannot connect to postgres: {str(exc).strip()}") from exc
+                raise StoreError(f"cannot connect to postgres: {_msg(exc)}") from exc
             listener = _Listener(conn, deliver)
             listener.start()
             return listener

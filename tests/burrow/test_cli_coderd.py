@@ -1,0 +1,198 @@
+"""The CLI against a real `burrow server` subprocess (port 0, temp data dir)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TF = 'variable "burrow_workspace_transition" {\n  type = string\n}\n'
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str
+    env: dict[str, str]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
+    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
+    env["HOME"] = str(tmp / "home")
+    return env
+
+
+def start_server(tmp: Path, *extra: str) -> Server:
+    env = _env(tmp)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "burrow.cli", "server", "--listen", "127.0.0.1:0",
+         "--data-dir", str(tmp / "data"), "--provisioner-daemons", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=deadline - time.monotonic()):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if "listening on " in line:
+                return Server(proc, line.strip().rsplit(" ", 1)[1], env)
+    finally:
+        sel.close()
+    proc.kill()
+    _, err = proc.communicate(timeout=10)
+    pytest.fail(f"burrow server did not start: {err[-2000:]}")
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.kill()
+    server.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = start_server(tmp_path)
+    try:
+        yield s
+    finally:
+        stop_server(s)
+
+
+def cli(server: Server, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "burrow.cli", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**server.env, **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_cli_flow_against_a_real_server(server: Server, tmp_path: Path) -> None:
+    # not logged in yet
+    assert "not logged in" in one_line_error(cli(server, "whoami"))
+    # on a fresh server, login creates the owner
+    out = ok(cli(server, "login", server.url, "--username", "admin",
+                 env={"BURROW_PASSWORD": "a good password"}))
+    assert "Created the owner account" in out
+    assert "a good password" not in out
+    session = Path(server.env["BURROW_CONFIG_DIR"]) / "session.json"
+    assert session.stat().st_mode & 0o777 == 0o600
+    assert "admin (owner)" in ok(cli(server, "whoami"))
+    # a second login with a wrong password fails in one line
+    err = one_line_error(cli(server, "login", server.url, "--username", "admin",
+                             "--password", "wrong password"))
+    assert "incorrect username or password" in err
+    # templates
+    tdir = tmp_path / "my template"
+    (tdir / ".terraform").mkdir(parents=True)
+    (tdir / "main.tf").write_text(TF)
+    (tdir / ".terraform" / "junk").write_text("x")
+    assert "No templates" in ok(cli(server, "templates", "list"))
+    assert "invalid template name" in one_line_error(
+        cli(server, "templates", "push", str(tdir)), code=2)
+    out = ok(cli(server, "templates", "push", str(tdir), "--name", "local"))
+    assert "version v1 (1 files" in out
+    assert "local" in ok(cli(server, "templates", "list"))
+    # workspaces
+    out = ok(cli(server, "create", "dev", "--template", "local", "--var", "cpu=2"))
+    assert "build 1 (start) queued" in out
+    assert "no such template" in one_line_error(cli(server, "create", "x", "--template", "nope"))
+    assert "KEY=VALUE" in one_line_error(
+        cli(server, "create", "x", "--template", "local", "--var", "oops"), code=2)
+    listing = ok(cli(server, "list"))
+    assert "dev" in listing
+    assert "pending" in listing
+    shown = ok(cli(server, "show", "dev"))
+    assert "Status:     pending" in shown
+    # no daemons: the start build stays queued, so a stop is refused with the reason
+    assert "in progress" in one_line_error(cli(server, "stop", "dev"))
+    assert "no such workspace" in one_line_error(cli(server, "start", "nope"))
+    ok(cli(server, "logs", "dev"))
+    # logout forgets the session and invalidates the token on the server
+    ok(cli(server, "logout"))
+    assert not session.exists()
+    assert "not logged in" in one_line_error(cli(server, "list"))
+
+
+def test_cli_usage_and_connection_errors(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    fake = Server(None, "http://127.0.0.1:9", env)  # type: ignore[arg-type]
+    err = one_line_error(cli(fake, "login", "http://127.0.0.1:9", "--username", "a",
+                             "--password", "b"))
+    assert "cannot reach" in err
+    assert one_line_error(cli(fake, "login", "ftp://x"), code=2)
+    assert one_line_error(cli(fake, "server", "--log-format", "xml"), code=2)
+    assert one_line_error(cli(fake, "server", "--provisioner-daemons", "many"), code=2)
+    err = one_line_error(cli(fake, "server", "--listen", "127.0.0.1:0", "--data-dir",
+                             str(tmp_path / "d"), "--postgres-url",
+                             "postgresql://nobody@127.0.0.1:9/x"))
+    assert "cannot connect to postgres" in err
+    proc = cli(fake, "server", "--listen", "no.such.host.invalid:0",
+               "--data-dir", str(tmp_path / "d"), "--provisioner-daemons", "0")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "cannot listen on no.such.host.invalid:0" in proc.stderr.strip().splitlines()[-1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_option: 1\n")
+    assert "unknown option" in one_line_error(cli(fake, "server", "--config", str(bad)), code=2)
+    bad.write_text("listen: [unclosed\n")
+    assert "not valid YAML" in one_line_error(cli(fake, "server", "--config", str(bad)), code=2)
+
+
+def test_server_yaml_config_env_and_ctrl_c(tmp_path: Path) -> None:
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text("listen: 127.0.0.1:1\nlog-format: json\nprovisioner_daemons: 0\n")
+    env = _env(tmp_path)
+    env["BURROW_LISTEN"] = "127.0.0.1:0"  # the environment beats the file
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "burrow.cli", "server", "--config", str(cfg),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line
+        assert not line.strip().endswith(":1")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        # JSON log lines
+        import json
+
+        first = next(ln for ln in err.splitlines() if ln.startswith("{"))
+        assert json.loads(first)["level"] in ("info", "warning")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
