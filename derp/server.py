@@ -215,6 +215,9 @@ class DerpServer:
         if not isinstance(info, fr.ClientInfo):
             raise DerpProtocolError("expected_client_info", type(info).__name__)
         payload = open_client_info(info, self._private_key)
+        if self._closing:
+            self.metrics.closes["server_closing"] += 1
+            return
         can_mesh = payload.mesh_key_matches(self.mesh_key)
         c = Client(
             payload.key, stream, remote, can_mesh=can_mesh, can_ack_pings=payload.can_ack_pings
@@ -309,7 +312,7 @@ class DerpServer:
             dst.senders.intersection_update(self._clients)
         dst.senders.add(key)
 
-    def deliver(self, dst: Client, src: bytes, data: bytes) -> None:
+    def _deliver(self, dst: Client, src: bytes, data: bytes) -> None:
         """Queue a RecvPacket for ``dst`` (drop-oldest when full). Never blocks."""
         q = dst.packets
         if len(q) >= self.queue_size:
@@ -411,7 +414,7 @@ class DerpServer:
                     if dst is not None:
                         if key not in dst.senders:
                             self._note_sender(dst, key)
-                        self.deliver(dst, key, data)
+                        self._deliver(dst, key, data)
                         continue
                     link = routes.get(frame.dst)
                     if link is not None:
@@ -448,7 +451,7 @@ class DerpServer:
             if dst is None or dst.can_mesh:
                 m.drops["unknown_dest_on_forward"] += 1
             else:
-                self.deliver(dst, frame.src, frame.data)
+                self._deliver(dst, frame.src, frame.data)
         elif isinstance(frame, fr.WatchConns):
             if not c.can_mesh:
                 raise DerpProtocolError("mesh_forbidden", "WatchConns without mesh key")
