@@ -31,7 +31,8 @@ class HandshakeError(ProtocolError):
 
 
 class HandshakeTruncatedError(HandshakeError):
-    """A handshake message is shorter (or longer) than its fixed size."""
+    """A handshake message is malformed: not its fixed size, wrong type byte,
+    or non-zero reserved bytes."""
 
 
 class HandshakeAuthError(HandshakeError):

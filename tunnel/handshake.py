@@ -277,12 +277,12 @@ def consume_initiation(
         last_timestamp: returns the newest timestamp accepted from that key.
 
     Raises:
-        HandshakeTruncatedError: wrong length or type.
+        HandshakeTruncatedError: wrong length, type or reserved bytes.
         HandshakeAuthError: tampered, or encrypted to another static key.
         UnknownPeerError: ``authorize`` said no.
         HandshakeReplayError: the timestamp is not newer than the last one.
     """
-    if len(message) != INITIATION_SIZE or message[0] != MSG_INITIATION:
+    if len(message) != INITIATION_SIZE or message[:4] != bytes([MSG_INITIATION, 0, 0, 0]):
         raise HandshakeTruncatedError(
             "handshake_size", f"initiation is {INITIATION_SIZE} bytes, got {len(message)}"
         )
@@ -347,7 +347,7 @@ def response_receiver_index(message: bytes) -> int:
     Raises:
         HandshakeTruncatedError: wrong length or type.
     """
-    if len(message) != RESPONSE_SIZE or message[0] != MSG_RESPONSE:
+    if len(message) != RESPONSE_SIZE or message[:4] != bytes([MSG_RESPONSE, 0, 0, 0]):
         raise HandshakeTruncatedError(
             "handshake_size", f"response is {RESPONSE_SIZE} bytes, got {len(message)}"
         )

@@ -88,11 +88,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             view = memoryview(data).cast("B")
             while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream closed")
                 err = self._send_error()
                 if err is not None:
                     raise trio.BrokenResourceError(str(err)) from err
-                if self._closed:
-                    raise trio.ClosedResourceError("stream closed")
                 if not view:
                     return
                 n = self._conn.write(self.sid, view)
@@ -114,6 +114,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 and not self._closed
             ):
                 await self._session.wait_stream(self.sid)
+            if self._closed:
+                raise trio.ClosedResourceError("stream closed")
 
     async def send_eof(self) -> None:
         """Finish our direction: the peer reads EOF after the bytes sent so far."""

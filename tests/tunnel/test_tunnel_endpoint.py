@@ -99,3 +99,123 @@ async def test_lossy_streams_arrive_intact(loss: float, autojump_clock: trio.tes
     if loss:
         assert net.counts["dropped"] > 0
         assert net.counts["reordered"] > 0
+
+
+async def _stream_pair(a: Endpoint, b: Endpoint) -> tuple[TunnelStream, TunnelStream]:
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            got: list[TunnelStream] = []
+
+            async def acc() -> None:
+                _, service, stream = await b.accept()
+                assert service == "test"
+                got.append(stream)
+
+            nursery.start_soon(acc)
+            s = await a.open_stream(b.public_key, "test")
+    return s, got[0]
+
+
+async def test_tunnel_stream_is_a_half_closeable_stream() -> None:
+    net = MemoryNetwork()
+    small = Config(stream_window=8192, send_buffer=8192)
+    async with pair(net) as (a, b), pair(MemoryNetwork(), small) as (c, d):
+
+        async def maker() -> tuple[TunnelStream, TunnelStream]:
+            return await _stream_pair(a, b)
+
+        async def clogged() -> tuple[TunnelStream, TunnelStream]:
+            s, r = await _stream_pair(c, d)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(s.send_all, b"x" * 100_000)
+                    nursery.start_soon(r.send_all, b"y" * 100_000)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            return s, r
+
+        with trio.fail_after(60):
+            await trio.testing.check_half_closeable_stream(maker, clogged)
+
+
+async def test_stalled_reader_does_not_block_other_streams() -> None:
+    net = MemoryNetwork()
+    cfg = Config()
+    async with pair(net, cfg) as (a, b):
+        stalled_w, stalled_r = await _stream_pair(a, b)
+        busy_w, busy_r = await _stream_pair(a, b)
+        total = 4 * cfg.session_window  # far more than the session window
+        blob = random.Random(1).randbytes(total)
+        stalled_progress = 0
+
+        async def fill_stalled() -> None:
+            nonlocal stalled_progress
+            for _ in range(100):
+                await stalled_w.send_all(b"s" * 65536)
+                stalled_progress += 65536
+
+        async def pump() -> None:
+            view = memoryview(blob)
+            for off in range(0, total, 65536):
+                await busy_w.send_all(view[off : off + 65536])
+            await busy_w.send_eof()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fill_stalled)
+                await trio.testing.wait_all_tasks_blocked()
+                # The stalled stream took its window and its send buffer, no more.
+                assert 0 < stalled_progress <= cfg.stream_window + cfg.send_buffer + 65536
+                nursery.start_soon(pump)
+                h = hashlib.sha256()
+                while data := await busy_r.receive_some():
+                    h.update(data)
+                assert h.digest() == hashlib.sha256(blob).digest()
+                # the stalled stream is still stalled, and still works once read
+                assert stalled_progress <= cfg.stream_window + cfg.send_buffer + 65536
+                got = 0
+                while got < 65536 * 100:
+                    got += len(await stalled_r.receive_some())
+                assert stalled_progress == 65536 * 100
+
+
+async def test_dead_peer_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    from tunnel.errors import PeerTimeoutError
+
+    net = MemoryNetwork()
+    cfg = Config(keepalive=1.0, dead_timeout=6.0)
+    async with pair(net, cfg) as (a, b):
+        s, r = await _stream_pair(a, b)
+        net.up = False  # the peer vanishes: nothing gets through any more
+        start = trio.current_time()
+        with trio.fail_after(60), pytest.raises(trio.BrokenResourceError) as exc:
+            await s.receive_some()
+        assert isinstance(exc.value.__cause__, PeerTimeoutError)
+        assert 6.0 <= trio.current_time() - start < 10.0
+        with pytest.raises(PeerTimeoutError):
+            await a.ping(b.public_key, timeout=3.0)
+
+
+async def test_refused_and_unauthorised() -> None:
+    from tunnel.errors import PeerTimeoutError, StreamRefusedError
+
+    net = MemoryNetwork()
+    async with pair(net, allow=lambda peer, service: service == "ssh" or "only ssh here") as (
+        a,
+        b,
+    ):
+        with trio.fail_after(5), pytest.raises(StreamRefusedError) as exc:
+            await a.open_stream(b.public_key, "tcp:80")
+        assert exc.value.reason == "only ssh here"
+        with trio.fail_after(5):
+            s = await a.open_stream(b.public_key, "ssh")
+            await s.aclose()
+        # a stranger (not set_peer'd, not authorised) gets no session at all
+        stranger = Endpoint(generate_private_key(), handshake_timeout=2.0)
+        stranger.add_relay(net.attach(stranger.public_key))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stranger.run)
+            with trio.fail_after(10), pytest.raises(PeerTimeoutError):
+                await stranger.open_stream(b.public_key, "ssh")
+            nursery.cancel_scope.cancel()
+        assert b.dropped["unauthorized_peer"] >= 1
