@@ -30,6 +30,8 @@ from pathlib import Path
 
 import trio
 
+from agent.environ import child_environ
+
 
 @dataclass(frozen=True)
 class LogLine:
@@ -217,7 +219,8 @@ async def run_script(
     Args:
         script: shell text, run as ``shell -c script``.
         cwd: working directory.
-        env: added to (and overriding) the agent's own environment.
+        env: added to (and overriding) the agent's own environment (minus its
+            secrets, see :mod:`agent.environ`).
         timeout: seconds before the script is killed; None or 0 for no limit.
         on_output: awaited with each batch of lines, in order.
         limits: output bounds (:class:`OutputLimits` defaults if None).
@@ -243,7 +246,7 @@ async def run_script(
         proc = await trio.lowlevel.open_process(
             [shell, "-c", script],
             cwd=cwd,
-            env={**os.environ, **env},
+            env=child_environ(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

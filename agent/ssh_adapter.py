@@ -58,6 +58,7 @@ import asyncssh
 import trio
 import trio_asyncio
 
+from agent.environ import child_environ
 from agent.stats import ConnStats
 
 log = logging.getLogger("burrow.agent.ssh")
@@ -517,6 +518,9 @@ class SSHServer:
             ``SendEnv``/``SetEnv`` variables override it.
         workdir: sessions and relative SFTP paths start here; default ``$HOME``.
         stats: counters to update; a fresh :class:`ConnStats` if omitted.
+        login_gate: while this event is unset, shell and exec sessions print
+            ``login_gate_message`` on stderr and wait (``start_blocks_login``).
+            SFTP and port forwards are not held.
 
     Raises:
         HostKeyError: the host key file exists but is unusable.
@@ -530,6 +534,8 @@ class SSHServer:
         env: Mapping[str, str] | None = None,
         workdir: Path | None = None,
         stats: ConnStats | None = None,
+        login_gate: trio.Event | None = None,
+        login_gate_message: str = "burrow: waiting for the workspace's startup script to finish",
     ) -> None:
         user = pwd.getpwuid(os.getuid())
         self.host_key = load_or_create_host_key(host_key_path)
@@ -538,6 +544,8 @@ class SSHServer:
         self.workdir = workdir or Path(user.pw_dir)
         self.stats = stats if stats is not None else ConnStats()
         self._user = user
+        self.login_gate = login_gate
+        self.login_gate_message = login_gate_message
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -571,11 +579,15 @@ class SSHServer:
             async with asyncio_loop(), trio.open_nursery() as nursery:
                 nursery.start_soon(transport._pump_in)
                 nursery.start_soon(transport._pump_out)
+                conn: asyncssh.SSHServerConnection | None = None
                 try:
                     conn = await trio_asyncio.aio_as_trio(self._accept)(transport)
                     await trio_asyncio.aio_as_trio(conn.wait_closed)()
                 except (asyncssh.Error, OSError, TimeoutError) as exc:
                     log.info("ssh connection from %s ended: %s", peer, exc)
+                finally:
+                    if conn is not None:
+                        conn.abort()  # no-op once closed; ends it if we were cancelled
                 transport.close()
                 with trio.move_on_after(FLUSH_TIMEOUT):
                     await transport.finished.wait()
@@ -629,15 +641,13 @@ class SSHServer:
     # -- sessions (asyncio side) --
 
     def _session_env(self, process: asyncssh.SSHServerProcess[bytes]) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            HOME=self._user.pw_dir,
-            USER=self._user.pw_name,
-            LOGNAME=self._user.pw_name,
-            SHELL=self.shell,
-        )
-        env.update(self.env)
-        env.update(process.env)
+        user = {
+            "HOME": self._user.pw_dir,
+            "USER": self._user.pw_name,
+            "LOGNAME": self._user.pw_name,
+            "SHELL": self.shell,
+        }
+        env = child_environ(user, self.env, process.env)
         peer = process.get_extra_info("peername")
         if peer:
             env["SSH_CLIENT"] = f"{peer[0]} {peer[1]} 22"
@@ -665,6 +675,9 @@ class SSHServer:
             process.stderr.write(f"subsystem {process.subsystem!r} not supported\r\n".encode())
             process.exit(1)
             return
+        if self.login_gate is not None and not self.login_gate.is_set():
+            process.stderr.write(f"{self.login_gate_message}\r\n".encode())
+            await self.login_gate.wait()
         env = self._session_env(process)
         argv, executable = self._argv(process.command)
         cwd = self.workdir if self.workdir.is_dir() else Path("/")
@@ -686,9 +699,11 @@ class SSHServer:
                     argv, executable=executable, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
                 )
-        except OSError as exc:
+        except BaseException as exc:
             if tty is not None:
                 os.close(tty)
+            if not isinstance(exc, OSError):
+                raise
             process.stderr.write(f"burrow agent: cannot start {executable}: {exc}\r\n".encode())
             process.exit(127)
             return

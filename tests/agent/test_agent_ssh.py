@@ -324,6 +324,59 @@ async def test_signal_reaches_the_command(server: Server) -> None:
     assert status == 5
 
 
+async def test_login_gate_holds_sessions_until_startup_finishes(server: Server) -> None:
+    gate = trio.Event()
+    server.ssh.login_gate = gate
+    result: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def client() -> None:
+        result.append(await server.run(command="echo in"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client)
+        await trio.sleep(0.5)
+        assert not result  # still held
+        gate.set()
+    assert result[0].returncode == 0
+    assert result[0].stdout == b"in\n"
+    assert b"waiting for the workspace's startup script" in result[0].stderr
+
+
+async def test_agent_token_never_reaches_a_session(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BURROW_AGENT_TOKEN", "secret-token")
+    result = await server.run(command='echo "token=${BURROW_AGENT_TOKEN-unset}"')
+    assert result.stdout == b"token=unset\n"
+
+
+async def test_agent_forwarding(server: Server, tmp_path: Path) -> None:
+    agent_bin, add_bin = shutil.which("ssh-agent"), shutil.which("ssh-add")
+    keygen = shutil.which("ssh-keygen")
+    if agent_bin is None or add_bin is None or keygen is None:
+        pytest.skip("ssh-agent/ssh-add not installed")
+    sock = tmp_path / "agent.sock"
+    key = tmp_path / "id_test"
+    await trio.run_process([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "fwd-test",
+                            "-f", str(key)])
+    agent = await trio.lowlevel.open_process([agent_bin, "-D", "-a", str(sock)])
+    try:
+        with trio.fail_after(10):
+            while not sock.exists():
+                await trio.sleep(0.02)
+            env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+            await trio.run_process([add_bin, "-q", str(key)], env=env)
+            result = await trio.run_process(
+                [*server.argv("-A"), "ssh-add -l"], env=env, capture_stdout=True, check=False
+            )
+        assert result.returncode == 0
+        assert b"fwd-test" in result.stdout
+    finally:
+        agent.kill()
+        with trio.CancelScope(shield=True):
+            await agent.wait()
+
+
 def test_host_key_created_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "k" / "host_key"
     first = load_or_create_host_key(path)
