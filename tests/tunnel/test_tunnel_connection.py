@@ -85,7 +85,8 @@ def test_streams_arrive_intact_over_lossy_link(loss: float) -> None:
         sim.step()
     else:
         pytest.fail("transfer did not finish")
-    assert not sim.a.dead and not sim.b.dead
+    assert not sim.a.dead
+    assert not sim.b.dead
     for i, sid in enumerate(sids):
         assert hashlib.sha256(got[sid]).digest() == hashlib.sha256(payloads[i]).digest()
     if loss:

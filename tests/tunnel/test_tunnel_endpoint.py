@@ -64,7 +64,9 @@ async def test_open_echo_close() -> None:
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.01, 0.05, 0.10])
-async def test_lossy_streams_arrive_intact(loss: float, autojump_clock: trio.testing.MockClock) -> None:
+async def test_lossy_streams_arrive_intact(
+    loss: float, autojump_clock: trio.testing.MockClock
+) -> None:
     net = MemoryNetwork(loss=loss, duplicate=loss / 2, reorder=loss, seed=11)
     rng = random.Random(5)
     payloads = [rng.randbytes(1 << 20) for _ in range(3)]
@@ -185,7 +187,7 @@ async def test_dead_peer_times_out(autojump_clock: trio.testing.MockClock) -> No
     net = MemoryNetwork()
     cfg = Config(keepalive=1.0, dead_timeout=6.0)
     async with pair(net, cfg) as (a, b):
-        s, r = await _stream_pair(a, b)
+        s, _r = await _stream_pair(a, b)
         net.up = False  # the peer vanishes: nothing gets through any more
         start = trio.current_time()
         with trio.fail_after(60), pytest.raises(trio.BrokenResourceError) as exc:

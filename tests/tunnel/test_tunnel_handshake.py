@@ -63,10 +63,13 @@ def test_handshake_agrees_on_keys_and_identities() -> None:
     resp, rkeys = create_response(rstate, local_index=9, instance=b"instanc2")
     assert len(resp) == RESPONSE_SIZE
     ikeys = consume_response(istate, resp)  # type: ignore[arg-type]
-    assert ikeys.send_key == rkeys.recv_key and ikeys.recv_key == rkeys.send_key
+    assert ikeys.send_key == rkeys.recv_key
+    assert ikeys.recv_key == rkeys.send_key
     assert ikeys.send_key != ikeys.recv_key
-    assert ikeys.remote_index == 9 and rkeys.remote_index == 7
-    assert ikeys.peer_instance == b"instanc2" and ikeys.peer_static == R_PUB
+    assert ikeys.remote_index == 9
+    assert rkeys.remote_index == 7
+    assert ikeys.peer_instance == b"instanc2"
+    assert ikeys.peer_static == R_PUB
 
 
 def test_fresh_ephemerals_give_fresh_keys() -> None:
@@ -233,9 +236,11 @@ def _run_handshake(a: Channel, b: Channel, now: float = 0.0) -> None:
 def test_channel_handshake_rekey_and_counting() -> None:
     a, b = _channels()
     _run_handshake(a, b)
-    assert a.can_seal(0) and b.can_seal(0)
+    assert a.can_seal(0)
+    assert b.can_seal(0)
     rec = b.seal(b"x", 0)
-    assert rec is not None and a.receive(rec, 0).plaintext == b"x"
+    assert rec is not None
+    assert a.receive(rec, 0).plaintext == b"x"
     assert a.receive(rec, 0).plaintext is None
     assert a.dropped["record_replay"] == 1
     old = a.current
@@ -245,7 +250,8 @@ def test_channel_handshake_rekey_and_counting() -> None:
     late = b.seal(b"late", 1)
     _run_handshake(a, b, a.limits.rekey_after_time + 1)
     assert a.current is not old
-    assert late is not None and a.receive(late, 121).plaintext == b"late"
+    assert late is not None
+    assert a.receive(late, 121).plaintext == b"late"
 
 
 def test_channel_rejects_initiation_from_other_static_key() -> None:
