@@ -115,9 +115,15 @@ class ProvisionerAPI:
         self.heartbeat_timeout = heartbeat_timeout
         self.acquire_poll = acquire_poll
         # Counters for metrics and tests (owned by the connection tasks).
-        self.connected: dict[str, str] = {}  # daemon id -> name, while connected
+        self._conns: dict[int, tuple[str, str]] = {}  # connection -> (daemon id, name)
+        self._seq = 0
         self.refused = 0
         self.protocol_errors = 0
+
+    @property
+    def connected(self) -> dict[str, str]:
+        """Daemon id -> name of the daemons connected now (for metrics and tests)."""
+        return dict(self._conns.values())
 
     def _key_ok(self, key: str) -> bool:
         given = key.encode()
@@ -223,11 +229,13 @@ class ProvisionerAPI:
             )
         daemon_id = hello.daemon_id
         await self.store.upsert_daemon(daemon_id, hello.name, hello.tags)
-        await ws.send_message(protocol.encode(protocol.Welcome(daemon_id)))
-        self.connected[daemon_id] = hello.name
+        self._seq += 1
+        conn = self._seq
+        self._conns[conn] = (daemon_id, hello.name)
         log.info("provisioner daemon %s (%s) connected from %s, tags %s",
                  hello.name, daemon_id, remote, hello.tags)
         try:
+            await ws.send_message(protocol.encode(protocol.Welcome(daemon_id)))
             while True:
                 msg = await _receive(inbox)
                 if not isinstance(msg, protocol.Acquire):
@@ -239,7 +247,7 @@ class ProvisionerAPI:
                 )
                 await self._follow_job(ws, inbox, daemon_id, job.id)
         finally:
-            self.connected.pop(daemon_id, None)
+            self._conns.pop(conn, None)
             log.info("provisioner daemon %s (%s) disconnected", hello.name, daemon_id)
 
     async def _acquire(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         opened.pubsub,
         psk=PSK,
         on_job_completed=on_done,
-        heartbeat_timeout=1.5,
+        heartbeat_timeout=3.0,
         internal_psk="internal-key",
     )
     door = FrontDoor()
@@ -391,3 +392,29 @@ async def test_killed_daemon_job_fails_after_heartbeat_timeout(env: Env) -> None
         if shell is not None and _alive(shell):
             # The orphaned terraform and its command share a process group.
             os.killpg(os.getpgid(shell), signal.SIGKILL)
+
+
+async def test_builtin_daemons_use_internal_key(env: Env) -> None:
+    from provisionerd.builtin import run_builtin_daemons
+
+    with trio.fail_after(15):
+        daemons = await env.nursery.start(
+            partial(
+                run_builtin_daemons,
+                env.url,
+                psk="internal-key",
+                count=2,
+                workdir_root=env.tmp / "builtin",
+                heartbeat_interval=0.2,
+            )
+        )
+    assert len(daemons) == 2
+    assert sorted(env.api.connected.values()) == ["built-in-0", "built-in-1"]
+    tpl = template(env.tmp, QUICK_TF)
+    jobs = [await env.enqueue(tpl, f"w{i}") for i in range(4)]
+    for job in jobs:
+        assert (await env.wait_done(job.id)).status == JobStatus.SUCCEEDED
+    # Counted after coderd's "completed" reply, which follows on_job_completed.
+    with trio.fail_after(10):
+        while sum(d.jobs_completed for d in daemons) < 4:
+            await trio.sleep(0.02)
