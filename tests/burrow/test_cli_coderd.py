@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -196,3 +197,45 @@ def test_server_yaml_config_env_and_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+TEMPLATE_LOCAL = Path(__file__).resolve().parents[2] / "templates" / "local"
+
+
+def test_full_flow_with_real_terraform(tmp_path: Path) -> None:
+    """push -> create -> build succeeds -> stop -> start -> delete, built-in daemons."""
+    import shutil
+
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed (bash .ci/setup warns about it)")
+    server = start_server(tmp_path, "--provisioner-daemons", "2")
+    try:
+        ok(cli(server, "login", server.url, "--username", "admin", "--password", "password123"))
+        ok(cli(server, "templates", "push", str(TEMPLATE_LOCAL)))
+        ws_dir = tmp_path / "ws"
+        ok(cli(server, "create", "dev", "--template", "local", "--var", f"data_dir={ws_dir}"))
+        home = ws_dir / "admin" / "dev" / "home"
+        # the first start comes from `create`; then each command queues one build
+        for command, transition in ((None, "start"), ("stop", "stop"), ("start", "start"),
+                                    ("delete", "delete")):
+            if command is not None:
+                ok(cli(server, command, "dev"))
+            proc = cli(server, "logs", "dev", "--follow")
+            assert proc.returncode == 0, (transition, proc.stdout[-2000:], proc.stderr[-2000:])
+            assert f"{transition}: succeeded" in proc.stderr
+            if transition == "start":
+                shown = ok(cli(server, "show", "dev"))
+                assert "Status:     running" in shown
+                assert "agent     main" in shown
+                assert "terraform_data.home  peripheral, persistent" in shown
+                assert home.is_dir()
+            elif transition == "stop":
+                assert "Status:     stopped" in ok(cli(server, "show", "dev"))
+                assert home.is_dir()  # persistent across stop
+        assert "No workspaces" in ok(cli(server, "list"))
+        assert not (ws_dir / "admin" / "dev").exists()
+    finally:
+        stop_server(server)
+        for pidfile in (tmp_path / "ws").rglob("agent.pid"):  # a failed run's agent
+            with contextlib.suppress(ValueError, OSError):
+                os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
