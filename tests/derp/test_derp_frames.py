@@ -211,3 +211,15 @@ def test_well_framed_random_payloads_decode_or_protocol_error(
         assert reason
     for fr in frames:
         assert f.decode_all(f.encode(fr)) == [fr]
+
+
+def test_codec_and_handshake_are_sans_io() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, derp.frames, derp.handshake, derp.keys, derp.errors;"
+        "assert 'trio' not in sys.modules, 'trio imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
