@@ -276,6 +276,8 @@ class ProvisionerAPI:
         daemon_id: str,
         job_id: str,
     ) -> None:
+        state: list[str] = []  # state_chunk pieces, joined into the result on complete
+        size = 0
         while True:
             msg = await _receive(inbox)
             if isinstance(msg, protocol.Acquire | protocol.Hello):
@@ -293,8 +295,16 @@ class ProvisionerAPI:
                 except (Conflict, NotFound):
                     cancel = True  # done or taken over: the daemon should stop
                 await ws.send_message(protocol.encode(protocol.HeartbeatAck(job_id, cancel)))
+            elif isinstance(msg, protocol.StateChunk):
+                size += len(msg.data)
+                if size > protocol.MAX_STATE:
+                    raise protocol.ProtocolError("state too big", protocol.CLOSE_TOO_BIG)
+                state.append(msg.data)
             elif isinstance(msg, protocol.Complete):
-                await self._complete(job_id, msg.result, msg.error)
+                result = msg.result
+                if state and (result is None or result.get("state") is None):
+                    result = {**(result or {}), "state": "".join(state)}
+                await self._complete(job_id, result, msg.error)
                 await ws.send_message(protocol.encode(protocol.Completed(job_id)))
                 return
             else:

@@ -96,13 +96,21 @@ class LogBuffer:
             self.dropped += 1
         self.lines.append(protocol.LogLine(stream, line[: protocol.MAX_LOG_LINE], ts))
 
-    def take(self, n: int) -> tuple[protocol.LogLine, ...]:
+    def take(
+        self, n: int = protocol.MAX_LOG_LINES, size: int = protocol.MAX_LOG_BATCH
+    ) -> tuple[protocol.LogLine, ...]:
+        """Up to ``n`` lines of at most ``size`` characters in all (at least one line)."""
         out: list[protocol.LogLine] = []
         if self.dropped:
             note = f"[{self.dropped} log lines dropped: output too fast]"
             out.append(protocol.LogLine("provisioner", note))
             self.dropped = 0
+        total = 0
         while self.lines and len(out) < n:
+            cost = len(self.lines[0].line) + 64
+            if out and total + cost > size:
+                break
+            total += cost
             out.append(self.lines.popleft())
         return tuple(out)
 
@@ -287,7 +295,10 @@ class ProvisionerDaemon:
                 result, error = await self._execute(job, logs, cancel)
                 nursery.cancel_scope.cancel()
             while len(logs):
-                await s.send(protocol.Log(job.id, logs.take(protocol.MAX_LOG_LINES)))
+                await s.send(protocol.Log(job.id, logs.take()))
+            result, pieces = protocol.split_state(result)
+            for piece in pieces:
+                await s.send(protocol.StateChunk(job.id, piece))
             await s.send(protocol.Complete(job.id, result=result, error=error))
             done = await s.expect(protocol.Completed)
             if done.job_id != job.id:
@@ -350,7 +361,7 @@ class ProvisionerDaemon:
         while True:
             await trio.sleep(self.log_flush_interval)
             while len(logs):
-                await s.send(protocol.Log(job_id, logs.take(protocol.MAX_LOG_LINES)))
+                await s.send(protocol.Log(job_id, logs.take()))
 
     async def _heartbeater(self, s: _Session, job_id: str) -> None:
         interval = self.heartbeat_interval if math.isfinite(self.heartbeat_interval) else 3.0

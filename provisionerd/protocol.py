@@ -21,8 +21,16 @@ Conversation (one job at a time per connection; ``>`` daemon to coderd)::
         > log {job_id, lines}            (batches, at most MAX_LOG_LINES)
         > heartbeat {job_id}
         < heartbeat_ack {job_id, cancel}
+      > state_chunk {job_id, data}       (zero or more: a big state, in pieces)
       > complete {job_id, result? | error?}
       < completed {job_id}
+
+A WebSocket server may cap message size (trio-websocket's default is
+1 MiB), so the daemon keeps every message it sends small: log batches are
+bounded in bytes (``MAX_LOG_BATCH``), and a state bigger than ``STATE_CHUNK``
+goes ahead of ``complete`` as ``state_chunk`` pieces of its base64 text; the
+``complete`` then carries ``result.state = null`` and coderd uses the joined
+pieces (at most ``MAX_STATE`` characters).
 
 ``error {message}`` from coderd ends the connection.  Any text that is not a
 valid message raises :class:`ProtocolError`; the receiver closes the
@@ -50,6 +58,12 @@ MAX_LOG_LINES = 1000
 """Most lines in one ``log`` message."""
 MAX_LOG_LINE = 64 * 1024
 MAX_ERROR = 64 * 1024
+MAX_LOG_BATCH = 256 * 1024
+"""Most characters of log text the daemon puts in one ``log`` message."""
+STATE_CHUNK = 256 * 1024
+"""Characters of base64 state per ``state_chunk`` message."""
+MAX_STATE = 64 * 1024 * 1024
+"""Most characters of base64 state coderd accepts for one job."""
 
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
@@ -84,6 +98,20 @@ def _unb64(value: object, what: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError(f"{what} is not valid base64") from exc
+
+
+def split_state(result: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """Take a big ``state`` out of a result: ``(result with state None, pieces)``.
+
+    A state of at most ``STATE_CHUNK`` characters stays in the result (no pieces).
+    """
+    if result is None:
+        return None, []
+    state = result.get("state")
+    if not isinstance(state, str) or len(state) <= STATE_CHUNK:
+        return result, []
+    pieces = [state[i : i + STATE_CHUNK] for i in range(0, len(state), STATE_CHUNK)]
+    return {**result, "state": None}, pieces
 
 
 class _Fields:
@@ -218,6 +246,15 @@ class HeartbeatAck:
 
 
 @dataclass(frozen=True)
+class StateChunk:
+    """Daemon -> coderd: a piece of the base64 text of the job's final state."""
+
+    TYPE: ClassVar[str] = "state_chunk"
+    job_id: str
+    data: str
+
+
+@dataclass(frozen=True)
 class Complete:
     """Daemon -> coderd: the job finished.  Exactly one of result / error is set,
     except that a failed job may carry ``result`` with the ``state`` it left."""
@@ -245,9 +282,19 @@ class Error:
 
 
 Message = (
-    Hello | Welcome | Acquire | Job | Log | Heartbeat | HeartbeatAck | Complete | Completed | Error
+    Hello
+    | Welcome
+    | Acquire
+    | Job
+    | Log
+    | Heartbeat
+    | HeartbeatAck
+    | StateChunk
+    | Complete
+    | Completed
+    | Error
 )
-FromDaemon = Hello | Acquire | Log | Heartbeat | Complete
+FromDaemon = Hello | Acquire | Log | Heartbeat | StateChunk | Complete
 FromCoderd = Welcome | Job | HeartbeatAck | Completed | Error
 
 
@@ -345,6 +392,9 @@ def decode(data: str | bytes) -> Message:
         if result is None and error is None:
             raise ProtocolError("complete needs a result or an error")
         return Complete(f.text("job_id"), result, error)
+    if kind == "state_chunk":
+        f = _Fields(obj, kind, {"type", "job_id", "data"})
+        return StateChunk(f.text("job_id"), f.text("data", max_len=STATE_CHUNK))
     if kind == "completed":
         return Completed(_Fields(obj, kind, {"type", "job_id"}).text("job_id"))
     if kind == "error":

@@ -418,3 +418,28 @@ async def test_builtin_daemons_use_internal_key(env: Env) -> None:
     with trio.fail_after(10):
         while sum(d.jobs_completed for d in daemons) < 4:
             await trio.sleep(0.02)
+
+
+BIG_TF = """
+locals {
+  row = join("", [for j in range(20) : "0123456789abcdef0123456789abcdef0123456789abcdef"])
+}
+resource "terraform_data" "big" {
+  input = join("", [for i in range(1000) : local.row])
+}
+"""
+
+
+async def test_big_state_and_long_log_lines_cross_a_1mib_message_limit(env: Env) -> None:
+    # The front door's WebSocket keeps trio-websocket's 1 MiB message limit: the
+    # ~2 MB state goes in state_chunk pieces and long lines in bounded log batches.
+    await env.start_daemon("d1")
+    job = await env.enqueue(template(env.tmp, BIG_TF), "big")
+    done = await env.wait_done(job.id, timeout=60)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    result = protocol.BuildResult.from_json(done.result)
+    assert result.state is not None
+    assert len(result.state) > 1_900_000
+    assert b"0123456789abcdef" * 100 in result.state
+    logs = await env.opened.store.get_job_logs(job.id)
+    assert sum(len(x.output) for x in logs) > 900_000  # plan printed the value

@@ -25,6 +25,7 @@ MESSAGES: list[p.Message] = [
     p.Complete("j1", result={"state": None}),
     p.Complete("j1", error="boom"),
     p.Complete("j1", result={"state": "AA=="}, error="boom"),
+    p.StateChunk("j1", "QUJD"),
     p.Completed("j1"),
     p.Error("go away"),
 ]
@@ -166,3 +167,40 @@ def test_build_result_round_trip_and_validation() -> None:
     for bad in ({"resources": "x"}, {"agents": [1]}, {"state": 3}, {"other": 1}, []):
         with pytest.raises(p.ProtocolError):
             p.BuildResult.from_json(bad)
+
+
+def test_split_state_keeps_small_and_chunks_big() -> None:
+    small = {"state": "x" * p.STATE_CHUNK, "resources": []}
+    assert p.split_state(small) == (small, [])
+    assert p.split_state(None) == (None, [])
+    big_state = "y" * (p.STATE_CHUNK * 2 + 5)
+    result, pieces = p.split_state({"state": big_state, "agents": [1]})
+    assert result == {"state": None, "agents": [1]}
+    assert [len(x) for x in pieces] == [p.STATE_CHUNK, p.STATE_CHUNK, 5]
+    assert "".join(pieces) == big_state
+    # Every piece fits in one message well under 1 MiB.
+    assert all(len(p.encode(p.StateChunk("j", x))) < 1 << 20 for x in pieces)
+    with pytest.raises(p.ProtocolError, match="too long"):
+        p.decode(p.encode(p.StateChunk("j", "z" * (p.STATE_CHUNK + 1))))
+
+
+def test_log_buffer_bounds_lines_bytes_and_counts_drops() -> None:
+    from provisionerd.daemon import LogBuffer
+
+    buf = LogBuffer(limit=5)
+    for i in range(8):
+        buf.add("stdout", f"line {i}")
+    batch = buf.take()
+    assert batch[0].line == "[3 log lines dropped: output too fast]"
+    assert [x.line for x in batch[1:]] == [f"line {i}" for i in range(3, 8)]
+    assert len(buf) == 0
+    for _ in range(10):
+        buf.limit = 100
+        buf.add("stderr", "x" * 60_000)
+    sizes = []
+    while len(buf):
+        part = buf.take()
+        sizes.append(len(part))
+        assert len(p.encode(p.Log("j", part))) < 1 << 20
+    assert sum(sizes) == 10
+    assert len(sizes) > 1
