@@ -32,15 +32,28 @@ class AsyncioThread:
     """An asyncio event loop running in its own thread."""
 
     def __init__(self, name: str) -> None:
-        self._loop = asyncio.new_event_loop()
+        # The loop is created inside its own thread: trio-asyncio (used by other
+        # parts of burrow) patches asyncio.new_event_loop to refuse to run from
+        # a trio thread, and a plain thread is no trio thread.
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
+        self._ready.wait()
         self._closed = False
 
     def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
-        self._loop.close()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
 
     async def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``make()`` on the asyncio loop and return its result (or raise its error).
@@ -57,7 +70,7 @@ class AsyncioThread:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(done.set)
 
-        fut = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(make(), self.loop)
         fut.add_done_callback(wake)
         await done.wait()
         return fut.result()
@@ -65,11 +78,11 @@ class AsyncioThread:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Schedule a plain function on the asyncio loop (thread-safe)."""
         if not self._closed:
-            self._loop.call_soon_threadsafe(fn)
+            self.loop.call_soon_threadsafe(fn)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         await trio.to_thread.run_sync(self._thread.join)

@@ -249,3 +249,15 @@ async def test_pubsub_delivers_after_subscribe(opened: Opened) -> None:
             assert await sub.__anext__() == "world"
             await pubsub.publish("other", "x")
             assert await other.__anext__() == "x"
+
+
+async def test_store_opens_with_trio_asyncio_imported(tmp_path: object) -> None:
+    # trio-asyncio (used elsewhere in burrow) patches asyncio.new_event_loop to
+    # refuse trio threads; the store's loop must still start.
+    import trio_asyncio  # noqa: F401
+
+    o = await open_store(data_dir=str(tmp_path))
+    try:
+        assert await o.store.count_users() == 0
+    finally:
+        await o.aclose()
