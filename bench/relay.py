@@ -4,6 +4,7 @@ One run measures, against baselines taken in the same run:
 
 * direct TCP (driver -> echo/sink process),
 * socat (``-b65536``) between the driver and the same echo/sink process,
+* a naive trio relay (two copy loops, 64 KiB reads): the floor for Python,
 * burrow's DERP relay: raw DERP on TCP (the server core, no HTTP), over the
   HTTP upgrade on ``/derp`` and over WebSocket (when ``relay.node`` exists).
 
@@ -78,6 +79,26 @@ async def _role_echo_sink() -> None:
                 while data := await stream.receive_some(1 << 18):
                     total += len(data)
                 await stream.send_all(total.to_bytes(8, "big"))
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    _announce(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _role_trio_forward(target_port: int) -> None:
+    """A naive trio relay like socat: two copy loops with 64 KiB reads per connection."""
+
+    async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some(1 << 16):
+                await dst.send_all(data)
+            await dst.send_eof()  # type: ignore[attr-defined]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", target_port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, stream, upstream)
+            nursery.start_soon(pump, upstream, stream)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     _announce(listeners[0].socket.getsockname()[1])
@@ -164,6 +185,8 @@ def _run_role(argv: list[str]) -> None:
     role, *args = argv
     if role == "echo-sink":
         trio.run(_role_echo_sink)
+    elif role == "trio-forward":
+        trio.run(_role_trio_forward, int(args[0]))
     elif role == "relay-raw":
         trio.run(_role_relay_raw, args[0])
     elif role == "relay-http":
@@ -422,6 +445,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             note = "socat not installed (apt-get install socat)"
             results.append(Result("socat -b65536", note=note))
+        fwd = Child("trio-forward", str(echo_port))
+        kids.append(fwd)
+        results.append(measure_tcp("naive trio relay", int(fwd.line()), args))
 
     with children() as kids:
         relay = Child("relay-raw", generate_private_key().hex())
