@@ -121,6 +121,8 @@ async def _try_derp(
         outcome = await _read_outcome(stream, ResponseReader("DERP"))
         if isinstance(outcome, Switched):
             ok = True
+            if not outcome.trailing:
+                return stream
             return PrefixedStream(outcome.trailing, stream)
         return outcome
     finally:

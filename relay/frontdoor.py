@@ -86,6 +86,8 @@ class _Upgrade:
         assert data is not None
         await self._door.stream.send_all(data)
         leftover, _ = conn.trailing_data
+        if not leftover:
+            return self._door.stream  # no wrapper: one less call per read and write
         return PrefixedStream(leftover, self._door.stream)
 
     async def accept_websocket_stream(self, subprotocol: str | None = None) -> trio.abc.Stream:
@@ -177,11 +179,13 @@ class FrontDoor:
     Args:
         idle_timeout: seconds a keep-alive connection may sit between requests
             (and a request head may take to arrive) before it is closed.
+        body_timeout: seconds a request body may take to arrive (then 408).
     """
 
-    def __init__(self, *, idle_timeout: float = 120.0) -> None:
+    def __init__(self, *, idle_timeout: float = 120.0, body_timeout: float = 60.0) -> None:
         self._mounts: list[_Mount] = []
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.requests = 0
         self.errors: dict[int, int] = {}
 
@@ -278,19 +282,24 @@ class FrontDoor:
             await conn.send(Response.error(413, "request body too large"), head=is_head, close=True)
             return False
         body = bytearray()
-        while True:
-            event = await conn.next_event()
-            if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > mount.max_body:
-                    self._count(413)
-                    msg = Response.error(413, "request body too large")
-                    await conn.send(msg, head=is_head, close=True)
+        with trio.move_on_after(self.body_timeout) as slow:
+            while True:
+                event = await conn.next_event()
+                if isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > mount.max_body:
+                        self._count(413)
+                        msg = Response.error(413, "request body too large")
+                        await conn.send(msg, head=is_head, close=True)
+                        return False
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:
                     return False
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                return False
+        if slow.cancelled_caught:
+            self._count(408)
+            await conn.send_error(408, "request body timed out")
+            return False
         request = Request(
             method=method,
             path=path,

@@ -212,3 +212,13 @@ def test_mount_rejects_bad_prefix() -> None:
         door.mount("/api", api)
 
 
+
+
+async def test_slow_body_gets_408() -> None:
+    door = FrontDoor(body_timeout=0.2)
+    door.mount("/", hello)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_http, door, "127.0.0.1:0")
+        out = await exchange(url, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
+        assert parse(out)[0] == 408
+        nursery.cancel_scope.cancel()
