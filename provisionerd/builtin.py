@@ -27,12 +27,16 @@ async def run_builtin_daemons(
     terraform: str = "terraform",
     mirror: Mirror | None = None,
     heartbeat_interval: float = 3.0,
+    variables: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[list[ProvisionerDaemon]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``count`` daemons until cancelled.
 
     ``task_status.started`` gets the daemon objects once every one of them
     has been welcomed by coderd (so a server can report them ready).
+    ``variables`` are template variable defaults for every job (e.g.
+    ``{"data_dir": ...}`` for ``templates/local``; ``burrow_binary`` defaults
+    to the ``burrow`` beside the running Python).
 
     Raises:
         Unauthorized: coderd refused ``psk`` (a wiring bug in the server).
@@ -49,6 +53,7 @@ async def run_builtin_daemons(
                 terraform=terraform,
                 mirror=mirror,
                 heartbeat_interval=heartbeat_interval,
+                variables=variables,
             )
             for i in range(count)
         ]
