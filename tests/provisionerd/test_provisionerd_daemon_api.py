@@ -443,3 +443,87 @@ async def test_big_state_and_long_log_lines_cross_a_1mib_message_limit(env: Env)
     assert b"0123456789abcdef" * 100 in result.state
     logs = await env.opened.store.get_job_logs(job.id)
     assert sum(len(x.output) for x in logs) > 900_000  # plan printed the value
+
+
+async def test_twenty_jobs_three_daemons_each_runs_once(env: Env) -> None:
+    daemons = [await env.start_daemon(f"d{i}") for i in range(3)]
+    tpl = template(env.tmp, QUICK_TF)
+    jobs = [await env.enqueue(tpl, f"w{i}") for i in range(20)]
+    for job in jobs:
+        done = await env.wait_done(job.id, timeout=120)
+        assert done.status == JobStatus.SUCCEEDED, done.error
+        logs = [x.output for x in await env.opened.store.get_job_logs(job.id)]
+        assert sum(x.startswith("$ terraform apply") for x in logs) == 1
+    assert len(env.done) == 20
+    assert len({j.id for j in env.done}) == 20
+    with trio.fail_after(10):
+        while sum(d.jobs_completed for d in daemons) < 20:
+            await trio.sleep(0.02)
+    assert sum(d.jobs_completed for d in daemons) == 20
+
+
+async def test_daemon_reconnects_after_the_connection_drops(env: Env) -> None:
+    # A second front door whose first WebSocket is closed right after the upgrade.
+    dropped = 0
+
+    async def flaky(request: object, upgrade: object) -> object:
+        nonlocal dropped
+        if dropped == 0:
+            dropped += 1
+            ws = await upgrade.accept_websocket(protocol.SUBPROTOCOL)  # type: ignore[attr-defined]
+            await ws.aclose()
+            return None
+        return await env.api.handler(request, upgrade)  # type: ignore[arg-type]
+
+    door = FrontDoor()
+    door.mount(protocol.PATH, flaky)  # type: ignore[arg-type]
+    url = await env.nursery.start(serve_http, door, "127.0.0.1:0")
+    d = env.daemon("flaky", {})
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with connector(url, psk=PSK) as connect:
+            d.connect = connect
+            await d.run(task_status=task_status)
+
+    with trio.fail_after(15):
+        await env.nursery.start(run)
+    assert dropped == 1
+    assert d.sessions == 2
+    job = await env.enqueue(template(env.tmp, QUICK_TF), "again")
+    assert (await env.wait_done(job.id)).status == JobStatus.SUCCEEDED
+
+
+async def test_local_template_through_the_daemon(env: Env) -> None:
+    fake = env.tmp / "fake-burrow"
+    fake.write_text("#!/bin/sh\necho \"$@\" > \"$HOME/../args\"\nexec sleep 300\n")
+    fake.chmod(0o755)
+    data = env.tmp / "data"
+    d = await env.start_daemon("local")
+    d.variables = {"burrow_binary": str(fake), "data_dir": str(data)}
+    tpl = archive.pack(Path(__file__).resolve().parents[2] / "templates" / "local")
+    root = data / "alice" / "dev"
+    agent: int | None = None
+
+    async def build(transition: str, state: bytes | None) -> protocol.BuildResult:
+        bi = protocol.BuildInput(tpl, transition, "dev", "alice", "tok", env.url, state)  # type: ignore[arg-type]
+        job = await env.opened.store.enqueue_job(protocol.JOB_KIND_BUILD, bi.to_json(), {})
+        await env.opened.pubsub.publish(JOBS, job.id)
+        done = await env.wait_done(job.id, timeout=60)
+        assert done.status == JobStatus.SUCCEEDED, done.error
+        return protocol.BuildResult.from_json(done.result)
+
+    try:
+        res = await build("start", None)
+        assert {r["kind"] for r in res.resources} == {"computational", "peripheral"}
+        agent = int((root / "agent.pid").read_text())
+        assert _alive(agent)
+        res = await build("stop", res.state)
+        with trio.fail_after(15):
+            while _alive(agent):
+                await trio.sleep(0.05)
+        assert (root / "home").is_dir()
+        await build("delete", res.state)
+        assert not root.exists()
+    finally:
+        if agent is not None and _alive(agent):
+            os.kill(agent, signal.SIGKILL)
