@@ -17,8 +17,9 @@ relay, then serve the connection with two tasks until it breaks:
 ``send()`` never blocks forever: while disconnected it drops the packet and
 counts it; while connected it waits only while more than ``max_pending_bytes``
 are queued (backpressure), and a disconnect releases it.  Reconnects back off
-exponentially with jitter (reset after a successful handshake); a Restarting
-frame from the relay sets the next delay instead.
+exponentially with jitter (reset after a successful handshake); after a
+Restarting frame the client instead redials every "reconnect in" seconds for
+"try for" seconds, so a relay restart costs about its own downtime.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class DerpClient:
         self._pending_bytes = 0
         self._wake = trio.Event()  # writer: something was queued
         self._space = trio.Event()  # senders: the writer took a batch
-        self._restart_in: float | None = None
+        self._restart_in: tuple[float, float] | None = None  # (reconnect in, try for)
         # Counters.
         self.connects = 0
         self.packets_sent = 0
@@ -182,14 +183,22 @@ class DerpClient:
         """
         started = False
         delay = self.min_backoff
+        # After a Restarting frame: retry every `steady` s until `steady_until`
+        # instead of backing off (the relay said it is coming back).
+        steady: float | None = None
+        steady_until = 0.0
         while True:
             conn = await self._connect()
             if conn is None:
                 self.dial_failures += 1
+                if steady is not None and trio.current_time() < steady_until:
+                    await trio.sleep(steady)
+                    continue
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.max_backoff)
                 continue
             delay = self.min_backoff
+            steady = None
             self._restart_in = None
             try:
                 self._conn = conn
@@ -208,9 +217,11 @@ class DerpClient:
                 self._disconnected()
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
-            restart_in = self._take_restart_hint()
-            if restart_in is not None:
-                await trio.sleep(restart_in)
+            hint = self._take_restart_hint()
+            if hint is not None:
+                steady, try_for = hint
+                steady_until = trio.current_time() + try_for
+                await trio.sleep(steady)
             else:
                 await trio.sleep(self.min_backoff * random.uniform(0.5, 1.0))
 
@@ -242,7 +253,7 @@ class DerpClient:
         self.transport = transport
         return conn
 
-    def _take_restart_hint(self) -> float | None:
+    def _take_restart_hint(self) -> tuple[float, float] | None:
         hint, self._restart_in = self._restart_in, None
         return hint
 
@@ -285,7 +296,10 @@ class DerpClient:
             elif isinstance(event, fr.PeerGone):
                 await self._events_in.send(PeerGone(event.key, int(event.reason)))
             elif isinstance(event, fr.Restarting):
-                self._restart_in = event.reconnect_in_ms / 1000
+                self._restart_in = (
+                    max(event.reconnect_in_ms / 1000, 0.01),
+                    event.try_for_ms / 1000,
+                )
                 log.info("derp client: %s is restarting", self.url)
             elif isinstance(event, fr.Health) and event.problem:
                 log.warning("derp client: relay %s health: %s", self.url, event.problem)

@@ -124,6 +124,21 @@ class RelayNode:
         log.info("mesh: dialed %s over %s", url, transport)
         return stream
 
+    async def drain(
+        self, *, restarting: bool = True, reconnect_in: float = 0.5, try_for: float = 60.0,
+        grace: float = 1.0,
+    ) -> None:
+        """Refuse new DERP connections and end the current ones.
+
+        With ``restarting`` every client first gets a Restarting frame, so it
+        redials every ``reconnect_in`` s for ``try_for`` s instead of backing
+        off, and up to ``grace`` s to receive what is queued for it.  Cancel
+        ``serve`` afterwards.
+        """
+        await self.derp_server.close(
+            restarting=restarting, reconnect_in=reconnect_in, try_for=try_for, grace=grace
+        )
+
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started(url)`` once listening.
 

@@ -130,6 +130,18 @@ async def _serve(node: Any) -> None:
                     logging.getLogger("burrow.relay").info(
                         "%s received; shutting down", signal.Signals(signum).name
                     )
+                    # Clients get a Restarting frame (they redial steadily
+                    # instead of backing off); a second signal skips the grace.
+                    async with trio.open_nursery() as draining:
+
+                        async def second_signal() -> None:
+                            async for _ in signals:
+                                draining.cancel_scope.cancel()
+                                return
+
+                        draining.start_soon(second_signal)
+                        await node.drain()
+                        draining.cancel_scope.cancel()
                     nursery.cancel_scope.cancel()
                     return
 

@@ -121,3 +121,39 @@ async def test_reconnects_after_relay_restart() -> None:
             assert event.server_key == again.derp_server.public_key
             assert a.connects == 2
             outer.cancel_scope.cancel()
+
+
+async def test_restarting_relay_is_redialed_steadily_not_backed_off() -> None:
+    node = RelayNode(RelayConfig(listen="127.0.0.1:0"))
+    # With these backoffs a client that merely backs off would wait >= 5 s
+    # after its first failed redial; the Restarting frame makes it retry
+    # every 50 ms instead.
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            scope = trio.CancelScope()
+
+            async def run_node(
+                n: RelayNode, s: trio.CancelScope,
+                task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                with s:
+                    await n.serve(task_status=task_status)
+
+            url = await outer.start(run_node, node, scope)
+            a = DerpClient(url, generate_private_key(), min_backoff=10, max_backoff=10)
+            await outer.start(a.run)
+            assert isinstance(await a.receive(), Connected)
+            await node.drain(reconnect_in=0.05, try_for=30, grace=0.5)
+            scope.cancel()
+            for _ in range(300):
+                if a.dial_failures >= 3:
+                    break
+                await trio.sleep(0.01)
+            assert a.dial_failures >= 3
+            again = RelayNode(RelayConfig(listen=url.removeprefix("http://")))
+            await outer.start(run_node, again, trio.CancelScope())
+            with trio.fail_after(4):
+                event = await a.receive()
+            assert isinstance(event, Connected)
+            assert event.server_key == again.derp_server.public_key
+            outer.cancel_scope.cancel()
