@@ -26,9 +26,10 @@ from http.cookies import CookieError, SimpleCookie
 import argon2
 import trio
 
-from coderd.store.base import ApiKey, Role, Store, User
+from coderd.store.base import Agent, ApiKey, Role, Store, User
 
 SESSION_HEADER = "Burrow-Session-Token"
+AGENT_HEADER = "Burrow-Agent-Token"
 SESSION_COOKIE = "burrow_session"
 SESSION_LIFETIME = 24 * 3600.0
 TOKEN_LIFETIME_DEFAULT = 30 * 24 * 3600.0
@@ -160,3 +161,25 @@ def safe_redirect(target: str) -> bool:
     if not target.startswith("/") or target.startswith(("//", "/\\")):
         return False
     return "\\" not in target and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+
+
+async def authenticate_agent(store: Store, token: str | None) -> Agent:
+    """Check a workspace agent's token (sent in ``Burrow-Agent-Token``).
+
+    The token is valid only for the agents of the workspace's latest build
+    while the workspace exists: a new start issues a new token.
+
+    Raises:
+        AuthError: missing, unknown or superseded token (401).
+    """
+    if not token or len(token) > 200:
+        raise AuthError("agent authentication required: send the Burrow-Agent-Token header")
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    agent = await store.get_agent_by_token_hash(digest)
+    if agent is None or not hmac.compare_digest(agent.token_hash, digest):
+        raise AuthError("invalid agent token")
+    workspace = await store.get_workspace(agent.workspace_id)
+    latest = await store.latest_build(agent.workspace_id)
+    if workspace is None or workspace.deleted or latest is None or latest.id != agent.build_id:
+        raise AuthError("agent token is no longer valid: the workspace was rebuilt")
+    return agent

@@ -21,12 +21,14 @@ class Coderd:
         pubsub: hints between tasks and replicas (``coderd.pubsub``).
         access_url: the URL workspaces and clients reach this server at.
         job_tags: tags put on every workspace build job (daemons must have them).
+        relay_regions: the relay map's regions (the embedded primary first).
     """
 
     store: Store
     pubsub: Pubsub
     access_url: str
     job_tags: dict[str, str] = field(default_factory=dict)
+    relay_regions: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def secure_cookies(self) -> bool:

@@ -33,6 +33,7 @@ from coderd.archive import MAX_UPLOAD
 from coderd.deps import Coderd, use
 from coderd.store.base import Store
 from coderd.store.factory import open_store
+from derp.keys import key_to_hex
 from relay.frontdoor import FrontDoor
 from relay.http import Request, Response, Upgrade
 from relay.listener import serve_http
@@ -234,6 +235,16 @@ async def run_server(
             url: str = await nursery.start(node.serve)
             if not cd.access_url:
                 cd.access_url = url
+            cd.relay_regions = [
+                {
+                    "region_id": 1,
+                    "code": "primary",
+                    "name": "primary (embedded)",
+                    "url": cd.access_url,
+                    "derp_url": cd.access_url.rstrip("/") + "/derp",
+                    "public_key": key_to_hex(node.derp_server.public_key),
+                }
+            ]
             if config.prometheus_address:
                 metrics = FrontDoor()
                 metrics.mount("/metrics", _metrics_handler(cd, door, started))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from coderd.api import builds, templates, users, workspaces
+from coderd.api import agents, builds, templates, users, workspaces
 from coderd.api.router import PUBLIC, Call, Route, Router, openapi
 from coderd.deps import Coderd
 from relay.http import Response
@@ -23,6 +23,7 @@ def routes() -> list[Route]:
         *templates.ROUTES,
         *workspaces.ROUTES,
         *builds.ROUTES,
+        *agents.ROUTES,
     ]
     doc: dict[str, object] = {}
 

@@ -20,13 +20,14 @@ from typing import Any
 from coderd import auth
 from coderd.api.schema import ApiError, Schema, parse_json_body, schema_openapi
 from coderd.deps import Coderd
-from coderd.store.base import Conflict, NotFound, Role, StoreError
+from coderd.store.base import Agent, Conflict, NotFound, Role, StoreError
 from relay.http import Request, Response, Upgrade
 
 log = logging.getLogger("burrow.coderd.api")
 
 PREFIX = "/api/v2"
 PUBLIC = "public"
+AGENT = "agent"  # authenticated by a workspace agent token, not a user
 AUTHENTICATED = Role.MEMBER
 JSON_BODY_MAX = 256 * 1024
 
@@ -41,6 +42,7 @@ class Call:
     params: dict[str, str]
     body: dict[str, Any]
     who: auth.Authenticated | None
+    agent: Agent | None = None
 
     @property
     def user(self) -> Any:
@@ -61,7 +63,7 @@ class Route:
     method: str
     path: str  # relative to /api/v2, e.g. "/users/{user}"
     fn: RouteFn
-    auth: str  # PUBLIC or a Role value
+    auth: str  # PUBLIC, AGENT or a Role value
     summary: str
     body: Schema | None = None
     raw_body: str | None = None  # content type of a non-JSON body (e.g. a tar)
@@ -124,7 +126,11 @@ class Router:
         if len(request.body) > route.max_body:
             raise ApiError(413, "request body too large", f"limit is {route.max_body} bytes")
         who: auth.Authenticated | None = None
-        if route.auth != PUBLIC:
+        agent: Agent | None = None
+        if route.auth == AGENT:
+            token = request.header(auth.AGENT_HEADER.lower()).strip()
+            agent = await auth.authenticate_agent(self.cd.store, token)
+        elif route.auth != PUBLIC:
             who = await auth.authenticate(self.cd.store, auth.token_from_headers(request.headers))
             auth.require_role(who.user, Role(route.auth))
         body: dict[str, Any] = {}
@@ -135,7 +141,7 @@ class Router:
             body = parse_json_body(request.body, route.body)
         elif route.raw_body is None and request.body.strip() and request.method != "GET":
             raise ApiError(400, "this route takes no request body")
-        return await route.fn(Call(self.cd, request, upgrade, params, body, who))
+        return await route.fn(Call(self.cd, request, upgrade, params, body, who, agent))
 
 
 async def optional_auth(call: Call) -> auth.Authenticated | None:
@@ -173,7 +179,9 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
             },
             "x-burrow-role": r.auth,
         }
-        if r.auth != PUBLIC:
+        if r.auth == AGENT:
+            op["security"] = [{"agentToken": []}]
+        elif r.auth != PUBLIC:
             op["security"] = [{"sessionToken": []}, {"sessionCookie": []}]
         if r.body is not None:
             op["requestBody"] = {
@@ -194,6 +202,7 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
             "securitySchemes": {
                 "sessionToken": {"type": "apiKey", "in": "header", "name": auth.SESSION_HEADER},
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": auth.SESSION_COOKIE},
+                "agentToken": {"type": "apiKey", "in": "header", "name": auth.AGENT_HEADER},
             },
             "schemas": {
                 "Error": {

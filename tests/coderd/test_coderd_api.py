@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from coderd.api.router import PUBLIC
+from coderd.api.router import AGENT, PUBLIC
 from coderd.builds import on_job_completed
 from coderd.store.base import LogLine, Role
 from provisionerd.protocol import BuildInput
@@ -151,7 +151,7 @@ async def test_every_route_declares_auth_and_is_in_openapi(api: Api) -> None:
     doc = r.body
     assert doc["openapi"].startswith("3.")
     for route in api.router.routes:
-        assert route.auth in (PUBLIC, *[x.value for x in Role]), route
+        assert route.auth in (PUBLIC, AGENT, *[x.value for x in Role]), route
         op = doc["paths"]["/api/v2" + route.path][route.method.lower()]
         assert op["x-burrow-role"] == route.auth
         assert op["summary"]
@@ -332,3 +332,40 @@ async def test_logs_long_poll_wakes_on_new_lines(api: Api) -> None:
     assert got == ["hello"]
     r = await api.call("GET", f"/builds/{build_id}/logs", query={"wait": ["abc"]})
     assert r.status == 400
+
+
+async def test_agent_manifest_and_relay_map(api: Api) -> None:
+    await api.setup_owner()
+    await _push(api)
+    await api.call("POST", "/workspaces", {"name": "dev", "template": "local"})
+    pending = await api.cd.store.list_workspaces(None)
+    build = await api.cd.store.latest_build(pending[0].id)
+    assert build is not None
+    job = await api.cd.store.get_job(build.job_id)
+    assert job is not None
+    agent_token = job.input["agent_token"]
+    hdr = {"Burrow-Agent-Token": agent_token}
+    # no agent recorded until the build succeeds
+    r = await api.call("GET", "/workspaceagents/me/manifest", token=None, headers=hdr)
+    assert r.status == 401
+    await _run_job(api)
+    r = await api.call("GET", "/workspaceagents/me/manifest", token=None, headers=hdr)
+    assert r.status == 200, r.body
+    assert r.body["agent_name"] == "main"
+    assert r.body["owner_name"] == "admin"
+    assert r.body["directory"] == "/home/x"
+    assert r.body["env"] == {"A": "1"}
+    assert r.body["relay_map"]["regions"][0]["code"] == "primary"
+    for bad in [{"Burrow-Agent-Token": agent_token + "x"}, {}]:
+        r = await api.call("GET", "/workspaceagents/me/manifest", token=None, headers=bad)
+        assert r.status == 401
+    # a user's session token is no agent token
+    r = await api.call("GET", "/workspaceagents/me/manifest")
+    assert r.status == 401
+    assert (await api.call("GET", "/relaymap")).status == 200
+    assert (await api.call("GET", "/relaymap", token=None)).status == 401
+    # after a stop the old agent token is void
+    await api.call("POST", "/workspaces/dev/builds", {"transition": "stop"})
+    await _run_job(api)
+    r = await api.call("GET", "/workspaceagents/me/manifest", token=None, headers=hdr)
+    assert r.status == 401
