@@ -133,9 +133,11 @@ async def _try_derp(
 async def _try_websocket(
     target: RelayURL, ssl_context: ssl.SSLContext | None
 ) -> trio.abc.Stream:
-    stream, _ = await _connect(target, ssl_context)
+    stream, h2 = await _connect(target, ssl_context)
     ok = False
     try:
+        if h2:
+            raise DialError("server speaks only HTTP/2; WebSocket over HTTP/2 is not supported")
         key = new_client_key()
         await stream.send_all(websocket_request(target.host_header, key, target.path))
         reader = ResponseReader("websocket", websocket_key=key, subprotocol="derp")

@@ -133,3 +133,36 @@ async def test_tls_relay(tmp_path: Path, force_websocket: bool) -> None:
                 event = await b.receive()
             assert event.data == b"over tls"
             nursery.cancel_scope.cancel()
+
+
+async def test_tls_alpn_h2_only_server_is_detected(tmp_path: Path) -> None:
+    from functools import partial
+
+    from derp.dial import DialError, dial
+
+    cert, key = make_cert(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server_ctx.set_alpn_protocols(["h2"])
+    handshakes: list[str | None] = []
+
+    async def h2_only(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.do_handshake()
+            handshakes.append(stream.selected_alpn_protocol())
+            await stream.receive_some()
+        except trio.BrokenResourceError:
+            pass
+
+    client_ctx = ssl.create_default_context(cafile=cert)
+    client_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, lambda s: h2_only(
+                trio.SSLStream(s, server_ctx, server_side=True)), 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(DialError, match="HTTP/2"):
+                await dial(f"https://127.0.0.1:{port}", ssl_context=client_ctx)
+            # the DERP upgrade was abandoned, then the WebSocket attempt too
+            assert handshakes == ["h2", "h2"]
+            nursery.cancel_scope.cancel()
