@@ -122,7 +122,9 @@ async def _throughput(ep: Endpoint, peer: bytes, seconds: float, streams: int) -
     return sum(totals) * 8 / (time.perf_counter() - t0) / 1e6
 
 
-async def _drive(url: str, key: bytes, peer: bytes, direct_port: int, args: Any) -> list[dict[str, Any]]:
+async def _drive(
+    url: str, key: bytes, peer: bytes, direct_port: int, args: Any
+) -> list[dict[str, Any]]:
     client = DerpClient(url, key)
     rows: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
@@ -134,7 +136,9 @@ async def _drive(url: str, key: bytes, peer: bytes, direct_port: int, args: Any)
             if path == "direct":
                 ep.set_peer(peer, direct_endpoints=[("127.0.0.1", direct_port)])
                 with trio.fail_after(10):
-                    while ep.path_of(peer) != "direct":
+                    for _ in range(1000):
+                        if ep.path_of(peer) == "direct":
+                            break
                         await trio.sleep(0.01)
             with trio.fail_after(60):
                 await _rtt(ep, peer, 20)  # warm up: handshake, first stream
@@ -220,7 +224,8 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_peer"]:
-        trio.run(_peer, *argv[1:4])
+        url, private_hex, driver_hex = argv[1:4]
+        trio.run(_peer, url, private_hex, driver_hex)
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench tunnel",
                                      description="tunnel throughput and RTT vs baselines")

@@ -394,11 +394,13 @@ class Connection:
                 if not isinstance(f, fr.Pong):
                     eliciting = True
                 self._on_control(f)
+        # Every packet number goes into the ranges (so they stay contiguous),
+        # but only ack-eliciting packets call for an ACK.
+        self._note_received(pn)
         if eliciting:
-            self._note_received(pn)
+            self._ack_needed = True
 
     def _note_received(self, pn: int) -> None:
-        self._ack_needed = True
         rs = self._recv_ranges
         if rs and rs[-1][1] + 1 == pn:
             rs[-1][1] = pn
@@ -717,6 +719,11 @@ class Connection:
                 break
             out.append(pkt)
         return out
+
+    def ack_only(self) -> bool:
+        """True when the only thing to send is an ACK (worth delaying a moment
+        so it can ride on the application's answer)."""
+        return self._ack_needed and not (self._control or self._ready or self._max_data_dirty)
 
     def has_output(self) -> bool:
         return bool(self._ack_needed or self._control or self._ready or self._max_data_dirty)

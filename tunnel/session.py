@@ -361,6 +361,11 @@ class Session:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if self.conn.ack_only():
+                # Let the tasks woken by the same datagrams run first: an
+                # answer they write carries the ACK in the same packet.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                self._wake = trio.Event()
             await self._flush()
 
     async def _flush(self) -> None:

@@ -85,7 +85,9 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         with self._send_conflict:
             if self._closed or self._eof_sent:
                 raise trio.ClosedResourceError("stream closed for sending")
-            await trio.lowlevel.checkpoint()
+            # Cancel point first, schedule point last: the bytes are queued
+            # before we yield, so the session's sender sees them at once.
+            await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
             while True:
                 if self._closed:
@@ -94,6 +96,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 if err is not None:
                     raise trio.BrokenResourceError(str(err)) from err
                 if not view:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     return
                 n = self._conn.write(self.sid, view)
                 if n:
