@@ -135,7 +135,10 @@ async def _serve(args: argparse.Namespace, tags: dict[str, str]) -> None:
         mirror = Mirror(filesystem=args.provider_mirror_dir, network=args.provider_mirror_url)
     workdir = Path(args.workdir)
     await trio.to_thread.run_sync(lambda: workdir.mkdir(parents=True, exist_ok=True))
-    async with connector(args.url, psk=args.psk) as connect:
+    async with connector(args.url, psk=args.psk) as connect, trio.open_nursery() as nursery:
+        # SIGTERM: stop like Ctrl-C, through trio cancellation, so a running
+        # terraform's process group is killed rather than orphaned.
+        nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
         daemon = ProvisionerDaemon(
             connect,
             name=args.name,
@@ -147,3 +150,15 @@ async def _serve(args: argparse.Namespace, tags: dict[str, str]) -> None:
             mirror=mirror,
         )
         await daemon.run()
+
+
+async def _stop_on_sigterm(scope: Any) -> None:
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            logging.getLogger("burrow.provisionerd").info("SIGTERM: stopping")
+            scope.cancel()
+            return

@@ -527,3 +527,37 @@ async def test_local_template_through_the_daemon(env: Env) -> None:
     finally:
         if agent is not None and _alive(agent):
             os.kill(agent, signal.SIGKILL)
+
+
+async def test_sigterm_stops_external_daemon_and_its_terraform(env: Env) -> None:
+    pid_file = env.tmp / "slow.pid"
+    job = await env.enqueue(template(env.tmp, slow_tf(pid_file)), "slow")
+    cmd = [
+        sys.executable, "-c", CLI, "provisionerd", "start",
+        "--url", env.url, "--psk", PSK, "--workdir", str(env.tmp / "ext-work"),
+        "--heartbeat-interval", "0.2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shell: int | None = None
+    try:
+        with trio.fail_after(30):
+            while not pid_file.exists() or not pid_file.read_text():
+                assert proc.poll() is None
+                await trio.sleep(0.05)
+        shell = int(pid_file.read_text())
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            while proc.poll() is None:
+                await trio.sleep(0.05)
+        assert proc.returncode == 0
+        with trio.fail_after(10):
+            while _alive(shell):
+                await trio.sleep(0.05)
+        done = await env.wait_done(job.id, timeout=30)
+        assert done.status == JobStatus.FAILED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if shell is not None and _alive(shell):
+            os.killpg(os.getpgid(shell), signal.SIGKILL)
