@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from coderd.api import agents, builds, templates, users, workspaces
+from coderd.api import agents, builds, coordinate, templates, users, workspaces
 from coderd.api.router import PUBLIC, Call, Route, Router, openapi
 from coderd.deps import Coderd
 from relay.http import Response
@@ -24,6 +24,7 @@ def routes() -> list[Route]:
         *workspaces.ROUTES,
         *builds.ROUTES,
         *agents.ROUTES,
+        *coordinate.ROUTES,
     ]
     doc: dict[str, object] = {}
 

@@ -361,6 +361,9 @@ class Store(abc.ABC):
     async def get_agent_by_token_hash(self, token_hash: str) -> Agent | None: ...
 
     @abc.abstractmethod
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    @abc.abstractmethod
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:
         """The workspace's Terraform state, or None before its first apply."""
 

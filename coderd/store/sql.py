@@ -672,6 +672,13 @@ class SqlStore(Store):
 
         return await self._tx(q)
 
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        async def q(tx: Tx) -> Agent | None:
+            row = await tx.fetchone("SELECT * FROM workspace_agents WHERE id = ?", agent_id)
+            return _agent(row) if row else None
+
+        return await self._tx(q)
+
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:
         async def q(tx: Tx) -> bytes | None:
             row = await tx.fetchone(

@@ -1,0 +1,126 @@
+"""The coordinator's WebSocket endpoints (see ``coderd/coordinator.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import trio
+import trio_websocket
+
+from coderd.api.agents import relay_map
+from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
+from coderd.api.schema import ApiError
+from coderd.auth import has_role
+from coderd.coordinator import (
+    MAX_MESSAGE,
+    REANNOUNCE,
+    CoordinatorError,
+    Event,
+    channel,
+    parse_peer_message,
+)
+from coderd.store.base import Role
+from relay.http import Response
+
+log = logging.getLogger("burrow.coderd.coordinator")
+CLOSE_POLICY = 1008
+
+
+async def _serve(call: Call, role: str, agent_id: str) -> None:
+    if not call.upgrade.is_websocket:
+        raise ApiError(400, "a WebSocket upgrade is required")
+    ps = call.cd.pubsub
+    ch = channel(agent_id)
+    conn_id = str(uuid.uuid4())
+    other = "client" if role == "agent" else "agent"
+    send_lock = trio.Lock()
+    mine: dict[str, Any] = {}
+    ws = await call.upgrade.accept_websocket()
+
+    async def send(obj: dict[str, Any]) -> None:
+        async with send_lock:
+            await ws.send_message(json.dumps(obj, separators=(",", ":")))
+
+    async def announce() -> None:
+        if mine:
+            await ps.publish(ch, Event("node", role, conn_id, mine).encode())
+
+    async def from_pubsub(sub: Any) -> None:
+        async for text in sub:
+            ev = Event.decode(text)
+            if ev is None or ev.conn_id == conn_id or ev.role != other:
+                continue
+            if ev.kind == "node" and ev.node is not None:
+                await send({"type": "peer", "id": ev.conn_id, "node": ev.node})
+            elif ev.kind == "gone":
+                await send({"type": "peer_gone", "id": ev.conn_id})
+            elif ev.kind == "hello":
+                await announce()
+
+    async def reannounce() -> None:
+        while True:
+            await trio.sleep(REANNOUNCE)
+            await announce()
+
+    try:
+        async with ps.subscribe(ch) as sub, trio.open_nursery() as nursery:
+            nursery.start_soon(from_pubsub, sub)
+            nursery.start_soon(reannounce)
+            await send({"type": "welcome", "id": conn_id, "relay_map": relay_map(call.cd)})
+            await ps.publish(ch, Event("hello", role, conn_id).encode())
+            try:
+                while True:
+                    message = await ws.get_message()
+                    if len(message) > MAX_MESSAGE:
+                        raise CoordinatorError("message too large")
+                    mine.clear()
+                    mine.update(parse_peer_message(message))
+                    await announce()
+            except CoordinatorError as exc:
+                log.info("coordinator %s %s: %s", role, conn_id, exc)
+                await send({"type": "error", "message": str(exc)})
+                await ws.aclose(CLOSE_POLICY, str(exc)[:100])
+            finally:
+                nursery.cancel_scope.cancel()
+    except trio_websocket.ConnectionClosed:
+        pass
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await ps.publish(ch, Event("gone", role, conn_id).encode())
+
+
+async def agent_coordinate(call: Call) -> Response | None:
+    assert call.agent is not None
+    await _serve(call, "agent", call.agent.id)
+    return None
+
+
+async def client_coordinate(call: Call) -> Response | None:
+    store = call.cd.store
+    agent = await store.get_agent(call.params["agent"])
+    ws = await store.get_workspace(agent.workspace_id) if agent else None
+    user = call.user
+    if agent is None or ws is None or (ws.owner_id != user.id and not has_role(user, Role.OWNER)):
+        raise ApiError(404, "no such agent")
+    latest = await store.latest_build(ws.id)
+    if ws.deleted or latest is None or latest.id != agent.build_id:
+        raise ApiError(410, "that agent is gone: the workspace was rebuilt or stopped")
+    await _serve(call, "client", agent.id)
+    return None
+
+
+ROUTES = [
+    Route(
+        "GET", "/workspaceagents/me/coordinate", agent_coordinate, AGENT,
+        "WebSocket: the agent publishes its node and learns its clients' nodes",
+        responses={101: "switching to WebSocket"},
+    ),
+    Route(
+        "GET", "/workspaceagents/{agent}/coordinate", client_coordinate, AUTHENTICATED,
+        "WebSocket: a client publishes its node and learns the agent's",
+        responses={101: "switching to WebSocket"},
+    ),
+]
