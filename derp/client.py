@@ -85,6 +85,8 @@ class DerpClient:
         max_pending_bytes: queued send bytes above which ``send`` waits.
         min_backoff / max_backoff: reconnect delay bounds in seconds.
         dial_timeout: seconds for one dial + handshake.
+        dead_after: seconds without any frame from the relay before the
+            connection counts as dead and is redialed.
 
     Raises:
         ValueError: a key is not 32 bytes.
@@ -104,6 +106,7 @@ class DerpClient:
         min_backoff: float = 0.1,
         max_backoff: float = 10.0,
         dial_timeout: float = 10.0,
+        dead_after: float = DEAD_AFTER,
     ) -> None:
         self.url = url
         self._private_key = check_key(private_key, "private key")
@@ -116,6 +119,7 @@ class DerpClient:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.dial_timeout = dial_timeout
+        self.dead_after = dead_after
         self.transport: str | None = None  # "derp" | "websocket" once connected
         self.server_key: bytes | None = None
         self.connected = False
@@ -276,19 +280,28 @@ class DerpClient:
                     log.info("derp client: send to %s failed: %s", self.url, exc)
                 nursery.cancel_scope.cancel()
 
+            async def watchdog() -> None:
+                # One sleeping task instead of a deadline per received frame.
+                while True:
+                    left = conn.last_received + self.dead_after - trio.current_time()
+                    if left <= 0:
+                        log.info("derp client: %s silent for %.0f s; reconnecting",
+                                 self.url, self.dead_after)
+                        nursery.cancel_scope.cancel()
+                        return
+                    await trio.sleep(left)
+
             nursery.start_soon(writer)
+            nursery.start_soon(watchdog)
             try:
                 await self._reader(conn)
             except (DerpConnectionClosed, DerpProtocolError) as exc:
                 log.info("derp client: connection to %s ended: %s", self.url, exc)
-            except trio.TooSlowError:
-                log.info("derp client: %s silent for %.0f s; reconnecting", self.url, DEAD_AFTER)
             nursery.cancel_scope.cancel()
 
     async def _reader(self, conn: DerpConn) -> None:
         while True:
-            with trio.fail_after(DEAD_AFTER):
-                event = await conn.receive()
+            event = await conn.receive()
             if type(event) is fr.RecvPacket:
                 self.packets_received += 1
                 self.bytes_received += len(event.data)

@@ -157,3 +157,18 @@ async def test_restarting_relay_is_redialed_steadily_not_backed_off() -> None:
             assert isinstance(event, Connected)
             assert event.server_key == again.derp_server.public_key
             outer.cancel_scope.cancel()
+
+
+async def test_silent_relay_counts_as_dead_and_is_redialed(relay: RelayNode) -> None:
+    assert relay.url is not None
+    # The relay sends KeepAlives only every ~60 s, so with dead_after=0.3 the
+    # client sees silence, drops the connection and dials again.
+    a = DerpClient(relay.url, generate_private_key(), dead_after=0.3, min_backoff=0.01)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            for _ in range(2):
+                event = await a.receive()
+                assert isinstance(event, Connected)
+            assert a.connects == 2
+            nursery.cancel_scope.cancel()
