@@ -282,6 +282,11 @@ class FrontDoor:
             await conn.send(Response.error(413, "request body too large"), head=is_head, close=True)
             return False
         body = bytearray()
+        if conn.h11.they_are_waiting_for_100_continue:
+            # curl and friends otherwise wait a second before sending a body.
+            data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            assert data is not None
+            await conn.stream.send_all(data)
         with trio.move_on_after(self.body_timeout) as slow:
             while True:
                 event = await conn.next_event()

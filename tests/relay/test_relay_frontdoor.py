@@ -222,3 +222,21 @@ async def test_slow_body_gets_408() -> None:
         out = await exchange(url, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
         assert parse(out)[0] == 408
         nursery.cancel_scope.cancel()
+
+
+async def test_expect_100_continue_is_answered(base_url: str) -> None:
+    host, port = parse_listen(base_url.split("//", 1)[1])
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+                                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += await stream.receive_some()
+            assert got.startswith(b"HTTP/1.1 100 ")
+            await stream.send_all(b"data")
+            while b'"body":"data"' not in got:
+                data = await stream.receive_some()
+                assert data
+                got += data
