@@ -249,7 +249,7 @@ class FrontDoor:
                 keep = await self._one(conn, event)
             except h11.RemoteProtocolError as exc:
                 log.info("bad HTTP from %s: %s", conn.remote, exc)
-                self._count(400)
+                self._count(exc.error_status_hint)
                 await conn.send_error(exc.error_status_hint, "malformed HTTP request")
                 return
             if not keep or conn.h11.our_state is h11.MUST_CLOSE:

@@ -94,6 +94,7 @@ class RelayNode:
         derp_server: the DERP relay core.
         frontdoor: the HTTP front door; mount more routes before ``serve``.
         url: the bound base URL, once serving.
+        mesh_transports: sibling URL -> "derp" | "websocket", per last dial.
 
     Raises:
         ValueError: invalid ``config`` (see ``RelayConfig.validate``).
@@ -114,6 +115,7 @@ class RelayNode:
         if config.tls_cert is not None and config.tls_key is not None:
             self.ssl_context = server_ssl_context(config.tls_cert, config.tls_key)
         self.url: str | None = None
+        self.mesh_transports: dict[str, str] = {}  # sibling URL -> transport of its last dial
 
     async def _dial_sibling(self, url: str) -> trio.abc.Stream:
         stream, transport = await dial(
@@ -122,7 +124,19 @@ class RelayNode:
             ssl_context=self.config.mesh_ssl_context,
         )
         log.info("mesh: dialed %s over %s", url, transport)
+        self.mesh_transports[url] = transport
         return stream
+
+    async def mesh_link(self, url: str) -> None:
+        """Keep a mesh link to the sibling relay at ``url`` until cancelled.
+
+        ``serve`` runs one per ``config.mesh_with``; call it yourself (in your
+        own nursery) for siblings found later, e.g. HA replicas.
+
+        Raises:
+            ValueError: this node has no mesh key.
+        """
+        await self.derp_server.run_mesh_link(partial(self._dial_sibling, url), name=url)
 
     async def drain(
         self, *, restarting: bool = True, reconnect_in: float = 0.5, try_for: float = 60.0,
@@ -157,13 +171,7 @@ class RelayNode:
                 for sibling in self.config.mesh_with:
                     if sibling.rstrip("/") == url:
                         continue
-                    nursery.start_soon(
-                        partial(
-                            self.derp_server.run_mesh_link,
-                            partial(self._dial_sibling, sibling),
-                            name=sibling,
-                        )
-                    )
+                    nursery.start_soon(self.mesh_link, sibling)
                 task_status.started(url)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
