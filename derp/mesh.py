@@ -96,11 +96,24 @@ class MeshLink:
             elif isinstance(event, fr.PeerGone):
                 server.forget_remote(event.key, self)
 
-    async def run(self, conn: DerpConn) -> None:
-        """Serve the link on a handshaken connection until it breaks."""
+    async def _pinger(self, conn: DerpConn, interval: float, timeout: float) -> None:
+        # A sibling that hangs without closing the TCP connection would keep
+        # its peers "present" forever; a Pong that does not come back ends the
+        # link (DerpTimeoutError), so its peers are forgotten and it redials.
+        while True:
+            await trio.sleep(interval)
+            await conn.ping(timeout=timeout)
+
+    async def run(self, conn: DerpConn, *, ping_interval: float, ping_timeout: float) -> None:
+        """Serve the link on a handshaken connection until it breaks.
+
+        Raises:
+            DerpError: the link broke (closed, malformed, or no Pong in time).
+        """
         await conn.watch_conns()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, conn)
+            nursery.start_soon(self._pinger, conn, ping_interval, ping_timeout)
             await self._reader(conn)
 
 
@@ -112,6 +125,8 @@ async def run_mesh_link(
     min_backoff: float = 0.5,
     max_backoff: float = 30.0,
     handshake_timeout: float = 10.0,
+    ping_interval: float = 15.0,
+    ping_timeout: float = 10.0,
 ) -> None:
     """Keep a mesh link from ``server`` to one sibling up until cancelled.
 
@@ -122,6 +137,9 @@ async def run_mesh_link(
         name: the sibling's name, for logs.
         min_backoff / max_backoff: redial delay bounds in seconds (doubling,
             jittered, reset after a successful handshake).
+        handshake_timeout: seconds for the DERP handshake with the sibling.
+        ping_interval / ping_timeout: the link pings the sibling every
+            ``ping_interval`` s; no Pong within ``ping_timeout`` s ends it.
 
     Raises:
         ValueError: the server has no mesh key.
@@ -145,7 +163,7 @@ async def run_mesh_link(
             delay = min_backoff
             log.info("mesh link to %s up", name)
             try:
-                await link.run(conn)
+                await link.run(conn, ping_interval=ping_interval, ping_timeout=ping_timeout)
             finally:
                 await conn.aclose()
         except Exception as exc:  # any failure of one attempt: log, back off, redial

@@ -184,15 +184,26 @@ class DerpServer:
         name: str,
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        ping_interval: float = 15.0,
+        ping_timeout: float = 10.0,
     ) -> None:
         """Keep a mesh link to one sibling relay up, forever (until cancelled).
 
-        See ``derp.mesh.run_mesh_link``.
+        See ``derp.mesh.run_mesh_link`` for the arguments.
+
+        Raises:
+            ValueError: this server has no mesh key.
         """
         from derp.mesh import run_mesh_link
 
         await run_mesh_link(
-            self, dial, name=name, min_backoff=min_backoff, max_backoff=max_backoff
+            self,
+            dial,
+            name=name,
+            min_backoff=min_backoff,
+            max_backoff=max_backoff,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
 
     # ------------------------------------------------------------ connection

@@ -27,6 +27,8 @@ class Node:
         self.server = DerpServer(self.private_key, mesh_key=MESH)
         self._scope: trio.CancelScope | None = None
         self.siblings: list[Node] = []
+        self.ping_interval = 15.0
+        self.frozen = False  # when set, every stream this node serves stops dead
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.server = DerpServer(self.private_key, mesh_key=MESH)
@@ -37,7 +39,7 @@ class Node:
             async with trio.open_nursery() as nursery:
 
                 async def handler(stream: trio.SocketStream) -> None:
-                    await self.server.serve(stream)
+                    await self.server.serve(Freezable(stream, self))
 
                 listeners = await nursery.start(
                     functools.partial(trio.serve_tcp, handler, self.port, host="127.0.0.1")
@@ -53,6 +55,8 @@ class Node:
                             name=sib.name,
                             min_backoff=0.05,
                             max_backoff=0.2,
+                            ping_interval=self.ping_interval,
+                            ping_timeout=self.ping_interval,
                         )
                     )
                 task_status.started(scope)
@@ -70,6 +74,35 @@ class Node:
     async def connect(self, key: bytes | None = None) -> DerpConn:
         stream = await trio.open_tcp_stream("127.0.0.1", self.port)
         return await DerpConn.handshake(stream, key or generate_private_key())
+
+
+class Freezable(trio.abc.Stream):
+    """A stream that hangs (no error, no EOF) once its node is frozen: a relay
+    wedged without closing its TCP connections."""
+
+    def __init__(self, inner: trio.abc.Stream, node: Node) -> None:
+        self.inner = inner
+        self.node = node
+
+    async def _hang_if_frozen(self) -> None:
+        if self.node.frozen:
+            await trio.sleep_forever()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._hang_if_frozen()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self._hang_if_frozen()
+        data = await self.inner.receive_some(max_bytes)
+        await self._hang_if_frozen()
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def wait_until(cond: Callable[[], bool], seconds: float = 5) -> None:
@@ -185,4 +218,24 @@ async def test_close_peer_and_forward_are_local_only() -> None:
             with pytest.raises(DerpConnectionClosed):
                 await next_packet(a)
             assert await next_of(peer, f.PeerGone) == f.PeerGone(a.public_key)
+            nursery.cancel_scope.cancel()
+
+
+async def test_silently_hung_sibling_is_detected_by_ping_and_forgotten() -> None:
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            n1, n2 = Node("one"), Node("two")
+            n1.siblings = [n2]
+            n1.ping_interval = 0.2
+            await n2.start(nursery)
+            await n1.start(nursery)
+            a = await n1.connect()
+            b = await n2.connect()
+            await wait_until(lambda: n1.server.has_remote(b.public_key))
+            await a.send_packet(b.public_key, b"before")
+            assert (await next_packet(b)).data == b"before"
+            n2.frozen = True  # no FIN, no RST: only the missing Pong tells
+            gone = await next_of(a, f.PeerGone)
+            assert gone == f.PeerGone(b.public_key, f.PeerGoneReason.DISCONNECTED)
+            assert not n1.server.has_remote(b.public_key)
             nursery.cancel_scope.cancel()
