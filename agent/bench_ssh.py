@@ -143,18 +143,58 @@ async def _upload(base: list[str], size: int) -> float:
     return size / float(match.group(1)) / 1e6
 
 
-async def _measure(
-    name: str, port: int, key: Path, mib: int, runs: int, cipher: str, extra: list[str]
-) -> str:
-    base = [*CLIENT, *extra, "-i", str(key), "-p", str(port), "-c", cipher, "root@127.0.0.1"]
-    size = mib * 1024 * 1024
-    setup = statistics.median([await _time([*base, "true"]) for _ in range(runs)])
-    up = statistics.median([await _upload(base, size) for _ in range(3)])
-    down = statistics.median([await _download(base, size) for _ in range(3)])
-    return (
-        f"{name:<12} {cipher:<30} up {up:6.1f} MB/s  down {down:6.1f} MB/s  "
-        f"true {setup * 1000:6.1f} ms"
+async def _echo_rtt(base: list[str], rounds: int = 500) -> tuple[float, float]:
+    """64-byte ping-pong through ``cat`` on an established session: p50, p99 in µs."""
+    proc = await trio.lowlevel.open_process(
+        [*base, "cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    payload = b"k" * 64
+    samples: list[float] = []
+    with trio.fail_after(120):
+        for i in range(rounds + 20):
+            t0 = time.perf_counter()
+            await proc.stdin.send_all(payload)
+            got = 0
+            while got < len(payload):
+                got += len(await proc.stdout.receive_some(65536))
+            if i >= 20:  # warm-up rounds excluded
+                samples.append((time.perf_counter() - t0) * 1e6)
+        await proc.stdin.aclose()
+        await proc.wait()
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+async def _measure_rows(
+    rows: list[tuple[str, int, list[str]]], key: Path, mib: int, runs: int, cipher: str
+) -> list[str]:
+    """Each repetition visits every row in turn, so background load hits all alike."""
+    size = mib * 1024 * 1024
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"true": [], "up": [], "down": [], "p50": [], "p99": []} for name, _, _ in rows
+    }
+    for rep in range(runs):
+        for name, port, extra in rows:
+            base = [*CLIENT, *extra, "-i", str(key), "-p", str(port), "-c", cipher,
+                    "root@127.0.0.1"]
+            r = results[name]
+            r["true"].append(await _time([*base, "true"]))
+            if rep < 3:
+                r["up"].append(await _upload(base, size))
+                r["down"].append(await _download(base, size))
+                p50, p99 = await _echo_rtt(base)
+                r["p50"].append(p50)
+                r["p99"].append(p99)
+    lines = []
+    for name, r in results.items():
+        m = {k: statistics.median(v) for k, v in r.items()}
+        lines.append(
+            f"{name:<12} {cipher:<30} up {m['up']:6.1f} MB/s  down {m['down']:6.1f} MB/s  "
+            f"true {m['true'] * 1000:6.1f} ms  rtt p50/p99 {m['p50']:4.0f}/{m['p99']:5.0f} us"
+        )
+    return lines
 
 
 async def main(mib: int, runs: int, use_sshd: bool, shell: str) -> None:
@@ -175,11 +215,11 @@ async def main(mib: int, runs: int, use_sshd: bool, shell: str) -> None:
                 if sshd is not None:
                     rows.append(("sshd", sshd[1], []))
                     rows.append(("sshd-x25519", sshd[1], ["-o", "KexAlgorithms=curve25519-sha256"]))
-                print(f"{mib} MiB each way (median of 3), median of {runs} x 'ssh host true', "
+                print(f"{mib} MiB each way and 500 echo rounds (medians of 3 runs), "
+                      f"median of {runs} x 'ssh host true', "
                       f"shell {shell}")
                 for cipher in ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"):
-                    for name, port, extra in rows:
-                        line = await _measure(name, port, key, mib, runs, cipher, extra)
+                    for line in await _measure_rows(rows, key, mib, runs, cipher):
                         print(line, flush=True)
                 nursery.cancel_scope.cancel()
         finally:

@@ -31,9 +31,15 @@ exists for tests and benchmarks on loopback only.
 
 Sessions run the user's login shell (or ``shell``): with a PTY when the
 client asks for one (window changes follow), else with pipes; the exit status
-(or signal) goes back to the client.  SFTP is asyncssh's server with relative
-paths resolved in the workspace directory.  Local (-L) and remote (-R) TCP
-forwarding and agent forwarding (-A) are allowed.
+(or signal) goes back to the client.  The child's I/O is pumped by trio tasks
+(``_ChildInput``, ``_pump_output``) plugged into asyncssh's process reader and
+writer hooks, not by asyncssh's ``redirect``: its asyncio pipe transports race
+with trio-asyncio's fd watchers when a pipe closes (EBADF, lost output).
+
+SFTP is asyncssh's server with relative paths resolved in the workspace
+directory; like sshd it ends with exit status 0 (scp counts on it).  Local
+(-L) and remote (-R) TCP forwarding and agent forwarding (-A) are allowed.
+A ``login_gate`` holds shell and exec sessions until startup is done.
 """
 
 from __future__ import annotations
@@ -128,6 +134,8 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     """
     if path.exists():
         try:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)  # a host key others can read is a leaked key
             return asyncssh.read_private_key(str(path))
         except (OSError, ValueError, asyncssh.KeyImportError) as exc:
             raise HostKeyError(f"cannot use SSH host key {path}: {exc}") from exc

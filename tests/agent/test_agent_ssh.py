@@ -384,6 +384,9 @@ def test_host_key_created_once_with_mode_0600(tmp_path: Path) -> None:
     second = load_or_create_host_key(path)
     assert first.get_fingerprint() == second.get_fingerprint()
     assert not [p for p in path.parent.iterdir() if p.name != "host_key"]
+    path.chmod(0o644)
+    load_or_create_host_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_unusable_host_key_is_a_clear_error(tmp_path: Path) -> None:
