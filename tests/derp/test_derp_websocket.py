@@ -100,3 +100,31 @@ async def test_garbage_is_a_protocol_error() -> None:
 
 def test_accept_token_rfc6455_example() -> None:
     assert accept_token(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+async def test_pong_waits_behind_a_blocked_send_and_follows_it() -> None:
+    from derp.wsframes import FrameDecoder, Ping, Pong, encode_control
+
+    raw, inner = trio.testing.lockstep_stream_pair()
+    server = WebSocketStream(inner, client=False)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.send_all, b"d" * 1000)  # blocks: nobody reads yet
+            await trio.testing.wait_all_tasks_blocked()
+
+            async def read_one_then_stop() -> None:
+                with pytest.raises(trio.BrokenResourceError):
+                    await server.receive_some()
+
+            nursery.start_soon(read_one_then_stop)
+            await raw.send_all(encode_control(Ping(b"p"), masked=True))
+            await trio.testing.wait_all_tasks_blocked()
+            decoder = FrameDecoder(expect_masked=False)
+            payload, events = bytearray(), []
+            while not events:
+                data, evs = decoder.feed(await raw.receive_some())
+                payload += data
+                events += evs
+            assert payload == b"d" * 1000
+            assert events == [Pong(b"p")]
+            await raw.aclose()
