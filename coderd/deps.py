@@ -6,6 +6,7 @@ import contextvars
 import logging
 from dataclasses import dataclass, field
 
+from coderd.metrics import CoderdMetrics
 from coderd.pubsub import Pubsub
 from coderd.store.base import Store
 
@@ -29,6 +30,7 @@ class Coderd:
     access_url: str
     job_tags: dict[str, str] = field(default_factory=dict)
     relay_regions: list[dict[str, object]] = field(default_factory=list)
+    metrics: CoderdMetrics = field(default_factory=CoderdMetrics)
 
     @property
     def secure_cookies(self) -> bool:

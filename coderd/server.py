@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from coderd import builds
+from coderd import builds, metrics
 from coderd.api.app import make_router
 from coderd.archive import MAX_UPLOAD
 from coderd.deps import Coderd, use
@@ -97,23 +97,16 @@ def configure_logging(fmt: str) -> None:
     root.setLevel(logging.INFO)
 
 
-def _metrics_handler(cd: Coderd, door: FrontDoor, started: float) -> Any:
+def _metrics_handler(cd: Coderd, node: RelayNode, prov: Any, started: float) -> Any:
     async def handler(request: Request, upgrade: Upgrade) -> Response:
-        counts = await cd.store.count_jobs_by_status()
-        lines = [
-            "# TYPE burrow_up gauge",
-            "burrow_up 1",
-            "# TYPE burrow_uptime_seconds gauge",
-            f"burrow_uptime_seconds {time.time() - started:.1f}",
-            "# TYPE burrow_http_requests_total counter",
-            f"burrow_http_requests_total {door.requests}",
-            "# TYPE burrow_http_errors_total counter",
-            *(f'burrow_http_errors_total{{status="{s}"}} {n}' for s, n in door.errors.items()),
-            "# TYPE burrow_provisioner_jobs gauge",
-            *(f'burrow_provisioner_jobs{{status="{s}"}} {n}' for s, n in counts.items()),
-        ]
-        return Response(200, ("\n".join(lines) + "\n").encode(),
-                        [("Content-Type", "text/plain; version=0.0.4")])
+        text = metrics.render(
+            cd.metrics,
+            jobs_by_status=await cd.store.count_jobs_by_status(),
+            daemons_connected=len(prov.connected) if prov is not None else 0,
+            derp=node.derp_server.metrics.snapshot(),
+            uptime=time.time() - started,
+        )
+        return Response(200, text.encode(), [("Content-Type", "text/plain; version=0.0.4")])
 
     return handler
 
@@ -246,9 +239,10 @@ async def run_server(
                 }
             ]
             if config.prometheus_address:
-                metrics = FrontDoor()
-                metrics.mount("/metrics", _metrics_handler(cd, door, started))
-                murl = await nursery.start(serve_http, metrics, config.prometheus_address)
+                api = prov[1] if prov is not None else None
+                mdoor = FrontDoor()
+                mdoor.mount("/metrics", _metrics_handler(cd, node, api, started))
+                murl = await nursery.start(serve_http, mdoor, config.prometheus_address)
                 log.info("prometheus metrics on %s/metrics", murl)
             if prov is not None:
                 n = await _builtin_daemons(url, prov[0], config, data_dir, nursery)

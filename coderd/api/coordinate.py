@@ -39,6 +39,8 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
     send_lock = trio.Lock()
     mine: dict[str, Any] = {}
     ws = await call.upgrade.accept_websocket()
+    gauge = call.cd.metrics.coordinator_connections
+    gauge[role] += 1
 
     async def send(obj: dict[str, Any]) -> None:
         async with send_lock:
@@ -88,6 +90,7 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
     except trio_websocket.ConnectionClosed:
         pass
     finally:
+        gauge[role] -= 1
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await ps.publish(ch, Event("gone", role, conn_id).encode())
 

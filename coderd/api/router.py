@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,8 +105,20 @@ class Router:
 
     async def handle(self, request: Request, upgrade: Upgrade) -> Response | None:
         """The front-door handler: never raises, never leaks a traceback."""
+        start = time.perf_counter()
+        route_name = ["unmatched"]
+        response = await self._guarded(request, upgrade, route_name)
+        code = str(response.status) if response is not None else "101"
+        self.cd.metrics.api_latency.observe(
+            (request.method, route_name[0], code), time.perf_counter() - start
+        )
+        return response
+
+    async def _guarded(
+        self, request: Request, upgrade: Upgrade, route_name: list[str]
+    ) -> Response | None:
         try:
-            return await self._handle(request, upgrade)
+            return await self._handle(request, upgrade, route_name)
         except ApiError as exc:
             return Response.json(exc.status, exc.body())
         except auth.AuthError as exc:
@@ -121,8 +134,11 @@ class Router:
             log.exception("API handler failed on %s %s", request.method, request.path)
             return Response.json(500, {"message": "internal server error"})
 
-    async def _handle(self, request: Request, upgrade: Upgrade) -> Response | None:
+    async def _handle(
+        self, request: Request, upgrade: Upgrade, route_name: list[str]
+    ) -> Response | None:
         route, params = self.match(request.method, request.path)
+        route_name[0] = route.path
         if len(request.body) > route.max_body:
             raise ApiError(413, "request body too large", f"limit is {route.max_body} bytes")
         who: auth.Authenticated | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import signal
@@ -176,7 +177,7 @@ def test_server_yaml_config_env_and_ctrl_c(tmp_path: Path) -> None:
     env["BURROW_LISTEN"] = "127.0.0.1:0"  # the environment beats the file
     proc = subprocess.Popen(
         [sys.executable, "-m", "burrow.cli", "server", "--config", str(cfg),
-         "--data-dir", str(tmp_path / "data")],
+         "--data-dir", str(tmp_path / "data"), "--prometheus-address", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -184,15 +185,27 @@ def test_server_yaml_config_env_and_ctrl_c(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line
         assert not line.strip().endswith(":1")
+        # the metrics listener is announced in a (JSON) log line
+        assert proc.stderr is not None
+        metrics_url = ""
+        for _ in range(50):
+            log_line = proc.stderr.readline()
+            if "prometheus metrics on " in log_line:
+                record = json.loads(log_line)  # --log-format json from the YAML file
+                assert record["level"] == "info"
+                metrics_url = record["msg"].rsplit(" ", 1)[1]
+                break
+        import urllib.request
+
+        with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+            text = resp.read().decode()
+        assert "burrow_provisioner_jobs" in text
+        assert "burrow_derp_clients_connected" in text
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
-        # JSON log lines
-        import json
-
-        first = next(ln for ln in err.splitlines() if ln.startswith("{"))
-        assert json.loads(first)["level"] in ("info", "warning")
+        assert "burrow server stopped" in err
     finally:
         if proc.poll() is None:
             proc.kill()

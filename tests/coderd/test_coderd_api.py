@@ -369,3 +369,21 @@ async def test_agent_manifest_and_relay_map(api: Api) -> None:
     await _run_job(api)
     r = await api.call("GET", "/workspaceagents/me/manifest", token=None, headers=hdr)
     assert r.status == 401
+
+
+async def test_metrics_render_latency_by_route(api: Api) -> None:
+    from coderd.metrics import render
+
+    await api.setup_owner()
+    for _ in range(3):
+        assert (await api.call("GET", "/users/me")).status == 200
+    assert (await api.call("GET", "/nope")).status == 404
+    text = render(api.cd.metrics, jobs_by_status=await api.cd.store.count_jobs_by_status(),
+                  daemons_connected=2, derp={"clients_connected": 1, "drops": {"queue_full": 4}})
+    assert ('burrow_api_request_duration_seconds_count{method="GET",route="/users/me",'
+            'code="200"} 3') in text
+    assert 'route="unmatched",code="404"' in text
+    assert 'burrow_provisioner_jobs{status="pending"} 0' in text
+    assert "burrow_provisioner_daemons_connected 2" in text
+    assert 'burrow_derp_drops{reason="queue_full"} 4' in text
+    assert "# TYPE burrow_derp_clients_connected gauge" in text
