@@ -33,7 +33,12 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="sibling relays to mesh with (needs --mesh-key-file)",
     )
-    add_bool(parser, "--force-websockets", help="use WebSocket instead of the DERP upgrade")
+    add(parser, "--mesh-ca-file", help="PEM CA bundle to verify https siblings with")
+    add_bool(
+        parser,
+        "--force-websockets",
+        help="dial mesh siblings over WebSocket instead of the DERP upgrade",
+    )
     add(
         parser,
         "--log-level",
@@ -80,6 +85,15 @@ def run(args: argparse.Namespace) -> int:
     from relay.node import RelayConfig, RelayNode
 
     mesh_key = read_mesh_key(args.mesh_key_file) if args.mesh_key_file else None
+    mesh_ssl_context = None
+    if args.mesh_ca_file:
+        import ssl
+
+        try:
+            mesh_ssl_context = ssl.create_default_context(cafile=args.mesh_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load --mesh-ca-file {args.mesh_ca_file}: {exc}") from None
+        mesh_ssl_context.set_alpn_protocols(["http/1.1"])
     config = RelayConfig(
         listen=args.listen,
         tls_cert=args.tls_cert,
@@ -87,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         mesh_key=mesh_key,
         mesh_with=list(args.mesh_with or []),
         force_websockets=args.force_websockets,
+        mesh_ssl_context=mesh_ssl_context,
     )
     try:
         node = RelayNode(config)

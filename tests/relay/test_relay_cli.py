@@ -38,6 +38,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["--listen", "127.0.0.1:0", "--tls-cert", "/etc/hostname"], "tls-key"),
         (["--listen", "127.0.0.1:0", "--mesh-with", "http://127.0.0.1:1"], "mesh key"),
         (["--log-level", "loud"], "log-level"),
+        (["--listen", "127.0.0.1:0", "--mesh-ca-file", "/nonexistent/ca.pem"], "mesh-ca-file"),
         (["--bogus"], "--bogus"),
     ],
 )

@@ -3,23 +3,21 @@ endpoints, the 101 headers, WebSocket without the derp subprotocol, and TLS."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from derp.client import DerpClient, Packet
 from derp.keys import generate_private_key, key_to_hex
 from relay.listener import parse_listen
 from relay.node import RelayConfig, RelayNode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from relay_procs import make_cert
 
 
 @pytest.fixture
@@ -80,37 +78,6 @@ async def test_websocket_without_derp_subprotocol_is_400(relay: RelayNode) -> No
                                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400 ")
-
-
-def make_cert(tmp: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
 
 
 @pytest.mark.parametrize("force_websocket", [False, True])

@@ -10,6 +10,7 @@ same port meshed with B -- which also exercises B's redial.
 from __future__ import annotations
 
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from derp.client import DerpClient, Packet, PeerGone
 from derp.keys import generate_private_key
 
 sys.path.insert(0, str(Path(__file__).parent))
-from relay_procs import RelayProcess
+from relay_procs import RelayProcess, make_cert
 
 
 async def exchange(src: DerpClient, dst: DerpClient, tag: bytes, *, within: float = 15) -> None:
@@ -76,6 +77,38 @@ async def test_two_meshed_relay_processes(tmp_path: Path) -> None:
         for p in procs:
             if p.proc.poll() is None:
                 assert p.stop() == 0
+            assert "Traceback" not in "".join(p.stderr_lines)
+    finally:
+        for p in procs:
+            p.kill()
+
+
+async def test_tls_mesh_with_private_ca(tmp_path: Path) -> None:
+    """B meshes with A over https, verifying A with --mesh-ca-file; B's client
+    reaches A's client through the link."""
+    cert, key = make_cert(tmp_path)
+    key_file = tmp_path / "mesh.key"
+    key_file.write_text("cd" * 32)
+    tls = ["--tls-cert", cert, "--tls-key", key, "--mesh-key-file", str(key_file)]
+    procs: list[RelayProcess] = []
+    try:
+        a = RelayProcess("--listen", "127.0.0.1:0", *tls)
+        procs.append(a)
+        assert a.url.startswith("https://")
+        b = RelayProcess("--listen", "127.0.0.1:0", *tls, "--mesh-with", a.url,
+                         "--mesh-ca-file", cert)
+        procs.append(b)
+        ctx = ssl.create_default_context(cafile=cert)
+        ca = DerpClient(a.url, generate_private_key(), ssl_context=ctx)
+        cb = DerpClient(b.url, generate_private_key(), ssl_context=ctx)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(10):
+                await nursery.start(ca.run)
+                await nursery.start(cb.run)
+            await exchange(cb, ca, b"b->a over tls mesh")
+            nursery.cancel_scope.cancel()
+        for p in procs:
+            assert p.stop() == 0
             assert "Traceback" not in "".join(p.stderr_lines)
     finally:
         for p in procs:
