@@ -8,6 +8,7 @@ bounds every wait.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -147,9 +148,37 @@ class Env:
         return d
 
 
+def _load_pg_fixture() -> object:
+    # coderd's conftest starts a real PostgreSQL (Debian's packages); reuse it by path
+    # (test dirs are not packages under --import-mode=importlib).
+    path = Path(__file__).resolve().parents[1] / "coderd" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("burrow_coderd_conftest_for_provisionerd", path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod.pg_server
+
+
+pg_server = _load_pg_fixture()
+BOTH_BACKENDS = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+
+
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    opened = await open_store(data_dir=str(tmp_path / "db"))
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    if backend == "postgres":
+        server = request.getfixturevalue("pg_server")
+        opened = await open_store(postgres_url=server.fresh_database())
+    else:
+        opened = await open_store(data_dir=str(tmp_path / "db"))
     holder: list[Env] = []
 
     async def on_done(job: Job) -> None:
@@ -333,6 +362,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@BOTH_BACKENDS
 async def test_tags_route_jobs_to_matching_daemons(env: Env) -> None:
     a = await env.start_daemon("a", {"zone": "a"})
     b = await env.start_daemon("b", {"zone": "b"})
@@ -353,6 +383,7 @@ async def test_tags_route_jobs_to_matching_daemons(env: Env) -> None:
     assert got.status == JobStatus.PENDING
 
 
+@BOTH_BACKENDS
 async def test_killed_daemon_job_fails_after_heartbeat_timeout(env: Env) -> None:
     # An external daemon process (burrow provisionerd start) is SIGKILLed mid-job.
     pid_file = env.tmp / "slow.pid"
@@ -445,6 +476,7 @@ async def test_big_state_and_long_log_lines_cross_a_1mib_message_limit(env: Env)
     assert sum(len(x.output) for x in logs) > 900_000  # plan printed the value
 
 
+@BOTH_BACKENDS
 async def test_twenty_jobs_three_daemons_each_runs_once(env: Env) -> None:
     daemons = [await env.start_daemon(f"d{i}") for i in range(3)]
     tpl = template(env.tmp, QUICK_TF)
