@@ -279,7 +279,12 @@ class _StreamTransport(asyncio.Transport):
                     self._lose(None)
                 return
             self._stats.add_in(len(data))
-            protocol.data_received(cast(bytes, data))
+            try:
+                protocol.data_received(cast(bytes, data))
+            except Exception as exc:  # an asyncssh bug must end this connection only
+                log.exception("ssh protocol error")
+                self._lose(exc)
+                return
 
     async def _pump_out(self) -> None:
         try:
@@ -577,7 +582,8 @@ class SSHServer:
         """Run one SSH connection over ``stream`` until it ends; close the stream.
 
         Handshake failures and peers that vanish end the connection quietly
-        (logged); they are not errors of the caller.
+        (logged); they are not errors of the caller.  Unexpected failures are
+        logged and counted (``stats.errors``), never raised.
         """
         if isinstance(stream, trio.SocketStream) and peer == ("tunnel", 0):
             with contextlib.suppress(OSError):
@@ -601,6 +607,11 @@ class SSHServer:
                 with trio.move_on_after(FLUSH_TIMEOUT):
                     await transport.finished.wait()
                 nursery.cancel_scope.cancel()
+        except Exception:
+            # Never let one connection's failure escape into the listener or
+            # tunnel endpoint that runs every other connection.
+            self.stats.error()
+            log.exception("ssh connection from %s failed", peer)
         finally:
             self.stats.session_closed()
             with trio.CancelScope(shield=True), trio.move_on_after(1):

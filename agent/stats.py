@@ -19,12 +19,14 @@ class StatsSnapshot:
         sessions_open: connections open now.
         bytes_in: bytes received from peers (encrypted SSH bytes for ``ssh``).
         bytes_out: bytes sent to peers.
+        errors: connections that ended on an internal error (not a peer's).
     """
 
     sessions_total: int
     sessions_open: int
     bytes_in: int
     bytes_out: int
+    errors: int = 0
 
     def since(self, earlier: StatsSnapshot) -> StatsSnapshot:
         """The growth since ``earlier``; ``sessions_open`` stays the current value."""
@@ -33,6 +35,7 @@ class StatsSnapshot:
             sessions_open=self.sessions_open,
             bytes_in=self.bytes_in - earlier.bytes_in,
             bytes_out=self.bytes_out - earlier.bytes_out,
+            errors=self.errors - earlier.errors,
         )
 
 
@@ -44,6 +47,7 @@ class ConnStats:
         self._sessions_open = 0
         self._bytes_in = 0
         self._bytes_out = 0
+        self._errors = 0
 
     def session_opened(self) -> None:
         """Count a newly accepted connection."""
@@ -68,6 +72,10 @@ class ConnStats:
         """Count ``n`` bytes sent."""
         self._bytes_out += n
 
+    def error(self) -> None:
+        """Count a connection that failed on our side."""
+        self._errors += 1
+
     def snapshot(self) -> StatsSnapshot:
         """The counters now."""
         return StatsSnapshot(
@@ -75,4 +83,5 @@ class ConnStats:
             sessions_open=self._sessions_open,
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
+            errors=self._errors,
         )

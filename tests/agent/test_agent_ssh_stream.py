@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 import trio
 import trio.testing
 import trio_asyncio
@@ -86,3 +87,20 @@ async def test_ssh_bulk_over_memory_streams(tmp_path: Path) -> None:
     assert result.exit_status == 0
     assert isinstance(result.stdout, bytes)
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+
+
+async def test_internal_failure_ends_one_connection_counted_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = SSHServer(tmp_path / "key", shell="/bin/sh", workdir=tmp_path)
+
+    async def broken(transport: object) -> None:
+        raise RuntimeError("simulated asyncssh bug")
+
+    monkeypatch.setattr(server, "_accept", broken)
+    client_side, agent_side = stream_pair(max_bytes=None)
+    with trio.fail_after(10):
+        await server.serve_stream(agent_side)  # returns, does not raise
+        assert await client_side.receive_some(10) == b""  # the stream was closed
+    snap = server.stats.snapshot()
+    assert (snap.errors, snap.sessions_open) == (1, 0)
