@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.frontdoor import FrontDoor
 from relay.http import Request, Response, Upgrade
@@ -240,3 +244,32 @@ async def test_expect_100_continue_is_answered(base_url: str) -> None:
                 data = await stream.receive_some()
                 assert data
                 got += data
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.binary(max_size=400),
+    st.sampled_from(
+        [b"", b"GET / HTTP/1.1\r\n", b"POST /api/v2 HTTP/1.1\r\nContent-Length: 5\r\n"]
+    ),
+)
+def test_arbitrary_bytes_never_crash_the_front_door(junk: bytes, prefix: bytes) -> None:
+    door = FrontDoor(idle_timeout=1, body_timeout=1)
+    door.mount("/", hello)
+    door.mount("/api/v2", api, max_body=10)
+
+    async def main() -> bytes:
+        client, server = trio.testing.memory_stream_pair()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(door.serve_stream, server, remote="t", scheme="http"))
+                await client.send_all(prefix + junk)
+                await client.send_eof()
+                out = b""
+                while data := await client.receive_some():
+                    out += data
+                return out
+
+    out = trio.run(main)
+    assert out == b"" or out.startswith(b"HTTP/1.1 ")
+    assert b"Traceback" not in out
