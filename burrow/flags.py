@@ -61,7 +61,7 @@ def add(
         default=value,
         help=f"{help}{shown} [${env}]",
         type=type,
-        nargs=nargs,  # type: ignore[arg-type]
+        nargs=nargs,
         choices=choices,
         metavar=metavar,
     )
