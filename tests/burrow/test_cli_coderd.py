@@ -158,11 +158,11 @@ def test_cli_usage_and_connection_errors(tmp_path: Path) -> None:
                              str(tmp_path / "d"), "--postgres-url",
                              "postgresql://nobody@127.0.0.1:9/x"))
     assert "cannot connect to postgres" in err
-    proc = cli(fake, "server", "--listen", "no.such.host.invalid:0",
+    proc = cli(fake, "server", "--listen", "192.0.2.1:0",
                "--data-dir", str(tmp_path / "d"), "--provisioner-daemons", "0")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert "cannot listen on no.such.host.invalid:0" in proc.stderr.strip().splitlines()[-1]
+    assert "cannot listen on 192.0.2.1:0" in proc.stderr.strip().splitlines()[-1]
     bad = tmp_path / "bad.yaml"
     bad.write_text("no_such_option: 1\n")
     assert "unknown option" in one_line_error(cli(fake, "server", "--config", str(bad)), code=2)
