@@ -112,6 +112,7 @@ class Session:
         self.established = trio.Event()
         self.finished = trio.Event()
         self._wake = trio.Event()
+        self._flushing = False  # a task is inside _flush
         self._timer_kick = trio.Event()
         self._timer_at = math.inf
         self._stream_events: dict[int, trio.Event] = {}
@@ -368,7 +369,30 @@ class Session:
                 self._wake = trio.Event()
             await self._flush()
 
+    async def flush_now(self) -> None:
+        """Send what is ready from the calling task (saves a task switch per
+        write); if a flush is already running, it picks the new data up."""
+        if self._flushing or self.error is not None:
+            self.wake()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        try:
+            await self._flush()
+        except trio.Cancelled:
+            self.wake()  # what was not sent is retransmitted; keep going
+            raise
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
     async def _flush(self) -> None:
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            await self._flush_rounds()
+        finally:
+            self._flushing = False
+
+    async def _flush_rounds(self) -> None:
         channel, conn = self.channel, self.conn
         for _ in range(1000):  # bounded: each round sends at most 64 packets
             now = trio.current_time()

@@ -96,14 +96,15 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 if err is not None:
                     raise trio.BrokenResourceError(str(err)) from err
                 if not view:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await self._session.flush_now()
                     return
                 n = self._conn.write(self.sid, view)
                 if n:
                     view = view[n:]
-                    self._session.wake()
                     continue
-                await self._session.wait_stream(self.sid)
+                await self._session.flush_now()
+                if self._conn.send_space(self.sid) == 0:
+                    await self._session.wait_stream(self.sid)
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until ``send_all`` would accept bytes without waiting."""

@@ -178,7 +178,7 @@ async def test_stalled_reader_does_not_block_other_streams() -> None:
                 got = 0
                 while got < 65536 * 100:
                     got += len(await stalled_r.receive_some())
-                assert stalled_progress == 65536 * 100
+        assert stalled_progress == 65536 * 100
 
 
 async def test_dead_peer_times_out(autojump_clock: trio.testing.MockClock) -> None:
