@@ -79,11 +79,13 @@ class SqliteDatabase:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 result = await fn(_SqliteTx(self._conn))
-            except BaseException:
+                await self._conn.execute("COMMIT")
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     await asyncio.shield(self._conn.execute("ROLLBACK"))
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"sqlite: {exc}") from exc
                 raise
-            await self._conn.execute("COMMIT")
             return result
 
     async def migrate(self) -> list[int]:

@@ -60,10 +60,15 @@ def start_server(tmp: Path, *extra: str) -> Server:
     pytest.fail(f"burrow server did not start: {err[-2000:]}")
 
 
-def stop_server(server: Server) -> None:
+def stop_server(server: Server) -> str:
+    """Stop the server; returns what it logged."""
     if server.proc.poll() is None:
-        server.proc.kill()
-    server.proc.communicate(timeout=10)
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            return server.proc.communicate(timeout=15)[1]
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+    return server.proc.communicate(timeout=10)[1]
 
 
 @pytest.fixture
@@ -140,9 +145,14 @@ def test_cli_flow_against_a_real_server(server: Server, tmp_path: Path) -> None:
     assert "no such workspace" in one_line_error(cli(server, "start", "nope"))
     ok(cli(server, "logs", "dev"))
     # logout forgets the session and invalidates the token on the server
+    token = json.loads(session.read_text())["token"]
     ok(cli(server, "logout"))
     assert not session.exists()
     assert "not logged in" in one_line_error(cli(server, "list"))
+    logged = stop_server(server)
+    assert "burrow server stopped" in logged
+    for secret in ("a good password", token, token.split("-", 1)[1]):
+        assert secret not in logged
 
 
 def test_cli_usage_and_connection_errors(tmp_path: Path) -> None:
