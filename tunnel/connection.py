@@ -328,6 +328,11 @@ class Connection:
     def in_flight(self) -> int:
         return len(self._sent)
 
+    @property
+    def last_recv(self) -> float:
+        """When the last authenticated packet arrived."""
+        return self._last_recv
+
     # == path events =====================================================
     def path_changed(self, now: float) -> None:
         """The path changed: whatever is in flight may be gone; resend it now."""

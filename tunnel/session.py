@@ -62,6 +62,11 @@ OnRequest = Callable[["Session", int, str], "bool | str"]
 
 REDIAL_DELAY = 1.0
 DIAL_TIMEOUT = 5.0
+# With data in flight and nothing heard for this long, start a new handshake:
+# if the peer restarted (and dropped our records as unknown), its answer
+# carries a new instance id and the session recovers at once instead of
+# waiting for the dead-peer timeout. A live peer just rekeys.
+REHANDSHAKE_AFTER = 3.0
 
 
 class Session:
@@ -115,6 +120,7 @@ class Session:
         self._flushing = False  # a task is inside _flush
         self._timer_kick = trio.Event()
         self._timer_at = math.inf
+        self._last_rehandshake = -math.inf
         self._stream_events: dict[int, trio.Event] = {}
         self._pongs: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -455,6 +461,14 @@ class Session:
                 self.fail(PeerTimeoutError("handshake with peer timed out"))
                 return
             self.conn.on_timer(now)
+            if (
+                self.conn.in_flight()
+                and now >= self.conn.last_recv + REHANDSHAKE_AFTER
+                and now >= self._last_rehandshake + REHANDSHAKE_AFTER
+                and not self.channel.handshake_pending()
+            ):
+                self._last_rehandshake = now
+                self.channel.start_handshake(now)
             if self.conn.dead:
                 self.fail(
                     PeerTimeoutError(

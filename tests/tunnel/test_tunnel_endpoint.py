@@ -221,3 +221,71 @@ async def test_refused_and_unauthorised() -> None:
                 await stranger.open_stream(b.public_key, "ssh")
             nursery.cancel_scope.cancel()
         assert b.dropped["unauthorized_peer"] >= 1
+
+
+async def test_rekeys_during_a_transfer() -> None:
+    from tunnel.record import Limits
+
+    net = MemoryNetwork(loss=0.02, reorder=0.02, seed=4)
+    blob = random.Random(9).randbytes(4 << 20)
+    results: dict[str, str] = {}
+
+    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
+        h = hashlib.sha256()
+        while data := await stream.receive_some():
+            h.update(data)
+        results[service] = h.hexdigest()
+        await stream.aclose()
+
+    limits = Limits(rekey_after_messages=40)
+    async with pair(net, Config(max_packet=16384), limits=limits) as (a, b):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.serve, sink)
+            with trio.fail_after(30):
+                s = await a.open_stream(b.public_key, "blob")
+                await s.send_all(blob)
+                await s.send_eof()
+                assert await s.receive_some() == b""
+            nursery.cancel_scope.cancel()
+        session = a.session(b.public_key)
+        assert session is not None
+        assert session.channel.handshakes >= 5
+    assert results["blob"] == hashlib.sha256(blob).hexdigest()
+
+
+async def test_peer_restart_fails_old_streams_fast_and_new_ones_work(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    kb = generate_private_key()
+    a = Endpoint(generate_private_key())
+    a.add_relay(net.attach(a.public_key))
+    async with trio.open_nursery() as outer:
+        await outer.start(a.run)
+        b1 = Endpoint(kb)
+        b1.add_relay(net.attach(b1.public_key))
+        b1.set_peer(a.public_key)
+        a.set_peer(b1.public_key)
+        async with trio.open_nursery() as inner:
+            await inner.start(b1.run)
+            inner.start_soon(echo_server, b1)
+            s = await a.open_stream(b1.public_key, "echo")
+            await s.send_all(b"before")
+            assert await s.receive_some() == b"before"
+            inner.cancel_scope.cancel()  # b "crashes": no goodbye
+        b2 = Endpoint(kb)  # same node key, new process
+        b2.add_relay(net.attach(b2.public_key))
+        b2.set_peer(a.public_key)
+        await outer.start(b2.run)
+        outer.start_soon(echo_server, b2)
+        start = trio.current_time()
+        await s.send_all(b"after")  # queued; the old peer state is gone
+        with trio.fail_after(60), pytest.raises(trio.BrokenResourceError):
+            await s.receive_some()
+        # well before the 30 s dead-peer timeout
+        assert trio.current_time() - start < 10
+        with trio.fail_after(10):
+            s2 = await a.open_stream(b2.public_key, "echo")
+            await s2.send_all(b"again")
+            assert await s2.receive_some() == b"again"
+        outer.cancel_scope.cancel()
