@@ -29,6 +29,7 @@ COMMANDS = (
     "stop",
     "delete",
     "logs",
+    "config_ssh",
 )
 
 
