@@ -86,6 +86,7 @@ class _Upgrade:
         assert data is not None
         await self._door.stream.send_all(data)
         leftover, _ = conn.trailing_data
+        self._door.detach()
         if not leftover:
             return self._door.stream  # no wrapper: one less call per read and write
         return PrefixedStream(leftover, self._door.stream)
@@ -109,6 +110,7 @@ class _Upgrade:
         self._take()
         replay = PrefixedStream(bytes(self._door.replay), self._door.stream)
         nursery = self._door.nursery
+        assert nursery is not None  # opened for every WebSocket request
         ws_request = await trio_websocket.wrap_server_stream(
             nursery, replay, receive_buffer_size=RECEIVE_SIZE
         )
@@ -122,17 +124,22 @@ class _Upgrade:
 class _Connection:
     """The state of one HTTP connection (owned by its ``serve_stream`` task)."""
 
-    def __init__(
-        self, stream: trio.abc.Stream, remote: str, scheme: str, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
         self.remote = remote
         self.scheme = scheme
-        self.nursery = nursery
+        # Hosts trio-websocket's reader task; opened only around the handler
+        # of a WebSocket request, so an idle DERP connection does not pay for it.
+        self.nursery: trio.Nursery | None = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         # Every byte fed to h11 since this cycle began, for WebSocket replay;
         # None once it outgrew MAX_HEAD (such a request cannot be replayed).
         self.replay: bytearray | None = bytearray()
+
+    def detach(self) -> None:
+        """The connection left HTTP: drop the parser (~1 KiB per idle DERP client)."""
+        del self.h11
+        self.replay = None
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -218,18 +225,11 @@ class FrontDoor:
         Never raises for anything the peer does (I/O errors end the connection).
         """
         try:
-            async with trio.open_nursery() as nursery:
-                conn = _Connection(stream, remote, scheme, nursery)
-                try:
-                    await self._loop(conn)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except h11.LocalProtocolError as exc:
-                    log.error("HTTP response error for %s: %s", remote, exc)
-                finally:
-                    nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._loop(_Connection(stream, remote, scheme))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except h11.LocalProtocolError as exc:
+            log.error("HTTP response error for %s: %s", remote, exc)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
@@ -316,7 +316,7 @@ class FrontDoor:
         )
         upgrade = _Upgrade(conn, request)
         try:
-            response = await mount.handler(request, upgrade)
+            response = await self._call(conn, mount.handler, request, upgrade)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:
@@ -325,10 +325,6 @@ class FrontDoor:
                 return False
             log.exception("handler for %s %s failed", method, path)
             response = Response.error(500, "internal server error")
-        finally:
-            if upgrade.websocket is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await upgrade.websocket.aclose()
         if upgrade.taken:
             return False
         if response is None:
@@ -337,6 +333,28 @@ class FrontDoor:
         self._count(response.status)
         await conn.send(response, head=is_head)
         return True
+
+    async def _call(
+        self, conn: _Connection, handler: Handler, request: Request, upgrade: _Upgrade
+    ) -> Response | None:
+        if not upgrade.is_websocket:
+            return await handler(request, upgrade)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.nursery = nursery
+                try:
+                    return await handler(request, upgrade)
+                finally:
+                    if upgrade.websocket is not None:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1):
+                            await upgrade.websocket.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            conn.nursery = None
 
     async def _reply_then_drain(self, conn: _Connection, response: Response, head: bool) -> bool:
         """Reply without a handler, after reading (and discarding) a small body."""
