@@ -146,9 +146,30 @@ class Channel:
             if self.next is None:
                 self._send_initiation(now, restart=True)
             return
-        margin = 0.0 if kp.keys.initiator else self.limits.rekey_after_time * 0.1
-        if kp.needs_rekey(now - margin) or kp.expired(now):
+        lim = self.limits
+        due = self.rekey_deadline()
+        if (
+            (due is not None and now >= due)
+            or kp.send_counter >= lim.rekey_after_messages
+            or kp.bytes_sent >= lim.rekey_after_bytes
+            or kp.expired(now)
+        ):
             self._send_initiation(now, restart=True)
+
+    def rekey_deadline(self) -> float | None:
+        """When age alone makes ``tick`` start a rekey (None: not applicable).
+
+        The side that was the responder waits 10% longer, so that usually only
+        one side starts.
+        """
+        kp = self.current
+        if kp is None or self._pending is not None:
+            return None
+        margin = 0.0 if kp.keys.initiator else self.limits.rekey_after_time * 0.1
+        return kp.created + self.limits.rekey_after_time + margin
+
+    def has_outgoing(self) -> bool:
+        return bool(self._outgoing)
 
     def start_handshake(self, now: float) -> None:
         """Begin a handshake now unless one is already pending."""

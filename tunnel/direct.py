@@ -50,6 +50,7 @@ class DirectLink:
     async def send(self, dst: bytes, data: bytes) -> None:
         """Send one datagram; drops silently (and marks the link failed) on error."""
         if self.failed:
+            await trio.lowlevel.checkpoint()
             return
         try:
             async with self._send_lock:
@@ -61,6 +62,7 @@ class DirectLink:
     async def send_many(self, dst: bytes, datagrams: list[bytes]) -> None:
         """Send several datagrams with one write."""
         if self.failed or not datagrams:
+            await trio.lowlevel.checkpoint()
             return
         parts: list[bytes] = []
         for d in datagrams:

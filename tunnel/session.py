@@ -67,6 +67,8 @@ DIAL_TIMEOUT = 5.0
 # carries a new instance id and the session recovers at once instead of
 # waiting for the dead-peer timeout. A live peer just rekeys.
 REHANDSHAKE_AFTER = 3.0
+# How long an ACK may wait for the application's answer to carry it.
+ACK_DELAY = 0.002
 
 
 class Session:
@@ -118,8 +120,8 @@ class Session:
         self.finished = trio.Event()
         self._wake = trio.Event()
         self._flushing = False  # a task is inside _flush
-        self._timer_kick = trio.Event()
-        self._timer_at = math.inf
+        self._timer_scope = trio.CancelScope()  # the timer task sleeps in it
+        self._ack_due = math.inf  # a deferred ACK must leave by then
         self._last_rehandshake = -math.inf
         self._stream_events: dict[int, trio.Event] = {}
         self._pongs: dict[int, trio.Event] = {}
@@ -212,10 +214,12 @@ class Session:
             ev = self._stream_events[sid] = trio.Event()
         await ev.wait()
 
-    def _notify(self, sid: int) -> None:
+    def _notify(self, sid: int) -> bool:
         ev = self._stream_events.pop(sid, None)
         if ev is not None:
             ev.set()
+            return True
+        return False
 
     def _notify_all(self) -> None:
         for ev in self._stream_events.values():
@@ -328,7 +332,12 @@ class Session:
             if isinstance(via, direct.DirectLink):
                 self._confirm(via)
             self.conn.receive(res.plaintext, now)
-            self._after_input()
+            if self._after_input() and self.conn.ack_only() and not self.channel.has_outgoing():
+                # A reader was woken: its read (or answer) sends the ACK;
+                # the timer sends it if nobody does within ACK_DELAY.
+                self._ack_due = min(self._ack_due, now + ACK_DELAY)
+                self._reschedule_timer()
+                return
         self.wake()
 
     def _on_established(self, instance: bytes) -> None:
@@ -343,8 +352,10 @@ class Session:
         self.peer_instance = instance
         self.established.set()
 
-    def _after_input(self) -> None:
+    def _after_input(self) -> bool:
+        """Handle the connection's events; True if a waiting stream task was woken."""
         conn = self.conn
+        woke = False
         for ev in conn.take_events():
             if isinstance(ev, StreamRequest):
                 verdict = self._on_request(self, ev.sid, ev.service)
@@ -358,7 +369,8 @@ class Session:
             elif isinstance(ev, PeerClosed):
                 self.fail(SessionClosedError("peer_closed", ev.reason or "peer closed"))
         for sid in conn.take_changed():
-            self._notify(sid)
+            woke = self._notify(sid) or woke
+        return woke
 
     # == sending =========================================================
     def wake(self) -> None:
@@ -383,22 +395,36 @@ class Session:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         try:
-            await self._flush()
+            sent = await self._flush()
         except trio.Cancelled:
             self.wake()  # what was not sent is retransmitted; keep going
             raise
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not sent:  # sending yielded already; otherwise yield once here
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _flush(self) -> None:
+    def after_read(self) -> None:
+        """A stream's reader took bytes: make sure window updates (and an ACK
+        nobody else will carry) get sent."""
+        conn = self.conn
+        if conn.ack_only():
+            if self._ack_due == math.inf:
+                self.wake()
+        elif conn.has_output():
+            self.wake()
+
+    async def _flush(self) -> bool:
+        """Send everything ready; True if anything was sent (which yielded)."""
         if self._flushing:
-            return
+            return False
         self._flushing = True
         try:
-            await self._flush_rounds()
+            return await self._flush_rounds()
         finally:
             self._flushing = False
 
-    async def _flush_rounds(self) -> None:
+    async def _flush_rounds(self) -> bool:
+        self._ack_due = math.inf  # whatever ACK is due leaves now
+        sent = False
         channel, conn = self.channel, self.conn
         for _ in range(1000):  # bounded: each round sends at most 64 packets
             now = trio.current_time()
@@ -411,6 +437,7 @@ class Session:
                     link = self._probe.pop()
                     record = channel.seal(b"", now)
                     if record is not None:
+                        sent = True
                         await link.send(self.peer_key, record)
                         if link.failed:
                             self.link_lost(link)
@@ -419,10 +446,10 @@ class Session:
                     if record is not None:
                         out.append(record)
             self._reschedule_timer()
-            if not out:
-                return
-            if path is None:
-                continue  # nowhere to send: retransmission recovers later
+            if not out or path is None:
+                # (with no path the records are lost; retransmission recovers)
+                return sent
+            sent = True
             if isinstance(path, direct.DirectLink):
                 await path.send_many(self.peer_key, out)
                 if path.failed:
@@ -432,30 +459,37 @@ class Session:
                     await path.send(self.peer_key, record)
             for sid in conn.take_changed():
                 self._notify(sid)
+        return sent
 
     # == timers ==========================================================
     def _reschedule_timer(self) -> None:
+        # Moving the deadline of the scope the timer task sleeps in needs no
+        # task switch; the timer recomputes the exact deadline when it wakes.
         deadline = self._deadline()
-        if deadline < self._timer_at:
-            self._timer_kick.set()
+        if deadline < self._timer_scope.deadline:
+            self._timer_scope.deadline = deadline
 
     def _deadline(self) -> float:
-        t = self.conn.next_deadline()
+        t = min(self.conn.next_deadline(), self._ack_due)
         hs = self.channel.next_deadline()
         if hs is not None:
             t = min(t, hs)
-        if self.channel.current is not None:
-            t = min(t, self.channel.current.created + self.channel.limits.rekey_after_time)
+        rekey = self.channel.rekey_deadline()
+        if rekey is not None:
+            t = min(t, rekey)
         return t
 
     async def _timer(self) -> None:
         while True:
-            self._timer_at = self._deadline()
-            self._timer_kick = trio.Event()
-            with trio.move_on_at(self._timer_at):
-                await self._timer_kick.wait()
-                continue
+            with trio.CancelScope(deadline=self._deadline()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
             now = trio.current_time()
+            if now >= self._ack_due:
+                self._ack_due = math.inf
+                self.wake()
+            if now < self._deadline():
+                continue  # woke for the ACK only, or the deadline moved later
             self.channel.tick(now)
             if self.channel.current is None and self.channel.handshake_failed(now):
                 self.fail(PeerTimeoutError("handshake with peer timed out"))

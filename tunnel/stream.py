@@ -147,26 +147,32 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         with self._recv_conflict:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             st = self._st
+            waited = False
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream closed")
                 if st.recv:
                     data = self._conn.read(self.sid, max_bytes)
                     if data:
-                        self._session.wake()
+                        self._session.after_read()
+                        if not waited:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
                         return data
                 if st.recv_reset:
                     code, reason = st.error or (ErrorCode.CLOSED, "reset")
                     err = StreamResetError(code, reason)
                     raise trio.BrokenResourceError(str(err)) from err
                 if st.at_eof():
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
                 serr = self._session_error()
                 if serr is not None:
                     raise trio.BrokenResourceError(str(serr)) from serr
                 await self._session.wait_stream(self.sid)
+                waited = True
 
     def reset(self, code: int = ErrorCode.CLOSED, reason: str = "") -> None:
         """Abort both directions at once: the peer sees ``StreamResetError``."""
