@@ -87,6 +87,8 @@ class DerpClient:
         dial_timeout: seconds for one dial + handshake.
         dead_after: seconds without any frame from the relay before the
             connection counts as dead and is redialed.
+        write_timeout: seconds one batched write may take before the
+            connection counts as dead (a relay that stopped reading).
 
     Raises:
         ValueError: a key is not 32 bytes.
@@ -107,6 +109,7 @@ class DerpClient:
         max_backoff: float = 10.0,
         dial_timeout: float = 10.0,
         dead_after: float = DEAD_AFTER,
+        write_timeout: float = 15.0,
     ) -> None:
         self.url = url
         self._private_key = check_key(private_key, "private key")
@@ -120,6 +123,7 @@ class DerpClient:
         self.max_backoff = max_backoff
         self.dial_timeout = dial_timeout
         self.dead_after = dead_after
+        self.write_timeout = write_timeout
         self.transport: str | None = None  # "derp" | "websocket" once connected
         self.server_key: bytes | None = None
         self.connected = False
@@ -331,6 +335,10 @@ class DerpClient:
             self._pending_bytes -= size
             self._space.set()
             self._space = trio.Event()
-            await conn.send_packets(batch)
+            with trio.move_on_after(self.write_timeout) as stuck:
+                await conn.send_packets(batch)
+            if stuck.cancelled_caught:
+                self.dropped_disconnected += len(batch)
+                raise DerpConnectionClosed(f"a write took over {self.write_timeout} s")
             self.packets_sent += len(batch)
             self.bytes_sent += size

@@ -172,3 +172,65 @@ async def test_silent_relay_counts_as_dead_and_is_redialed(relay: RelayNode) -> 
                 assert isinstance(event, Connected)
             assert a.connects == 2
             nursery.cancel_scope.cancel()
+
+
+class FreezingStream(trio.abc.Stream):
+    """Passes bytes through until ``freeze`` is set, then never reads again."""
+
+    def __init__(self, inner: trio.abc.Stream, freeze: trio.Event) -> None:
+        self.inner = inner
+        self.freeze = freeze
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.freeze.is_set():
+            await trio.sleep_forever()
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_relay_that_stops_reading_is_abandoned_after_write_timeout() -> None:
+    from derp.server import DerpServer
+    from relay.frontdoor import FrontDoor
+    from relay.http import Request, Response, Upgrade
+    from relay.listener import serve_http
+
+    server = DerpServer(generate_private_key())
+    freeze = trio.Event()
+    first = [True]
+
+    async def derp(request: Request, upgrade: Upgrade) -> Response | None:
+        stream = await upgrade.accept_raw([], "DERP")
+        if first[0]:
+            first[0] = False
+            stream = FreezingStream(stream, freeze)
+        await server.serve(stream)
+        return None
+
+    door = FrontDoor()
+    door.mount("/derp", derp)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, door, "127.0.0.1:0")
+            a = DerpClient(url, generate_private_key(), write_timeout=0.5, min_backoff=0.01)
+            await nursery.start(a.run)
+            freeze.set()
+            data = bytes(65536)
+            for _ in range(400):  # far more than the socket buffers hold
+                await a.send(a.public_key, data)
+                if a.connects >= 2:
+                    break
+            for _ in range(500):
+                if a.connects >= 2:
+                    break
+                await trio.sleep(0.01)
+            assert a.connects == 2
+            assert a.dropped_disconnected > 0
+            nursery.cancel_scope.cancel()
