@@ -145,7 +145,7 @@ class Client:
         body: Any = None,
         raw: bytes | None = None,
         content_type: str = "application/json",
-        query: dict[str, str] | None = None,
+        query: dict[str, str | list[str]] | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Send one request; returns the decoded JSON (None for an empty body).
@@ -157,7 +157,7 @@ class Client:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         target = "/api/v2" + path
         if query:
-            target += "?" + urllib.parse.urlencode(query)
+            target += "?" + urllib.parse.urlencode(query, doseq=True)
         headers = [
             ("Host", self._hostport),
             ("Accept", "application/json"),
@@ -263,9 +263,20 @@ class Client:
     # -- templates -------------------------------------------------------
 
     async def push_template(
-        self, name: str, archive: bytes, *, description: str = "", version: str = ""
+        self,
+        name: str,
+        archive: bytes,
+        *,
+        description: str = "",
+        version: str = "",
+        tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        query = {k: v for k, v in (("description", description), ("version", version)) if v}
+        """Upload a new template version (a tar); ``tags`` are its provisioner tags."""
+        query: dict[str, str | list[str]] = {
+            k: v for k, v in (("description", description), ("version", version)) if v
+        }
+        if tags:
+            query["tag"] = [f"{k}={v}" for k, v in tags.items()]
         out = await self.request(
             "POST", f"/templates/{urllib.parse.quote(name, safe='')}/versions",
             raw=archive, content_type="application/x-tar", query=query or None,
@@ -286,7 +297,7 @@ class Client:
         return cast(Workspace, await self.request("POST", "/workspaces", body=body))
 
     async def workspaces(self, *, everyone: bool = False) -> list[Workspace]:
-        query = {"owner": "all"} if everyone else None
+        query: dict[str, str | list[str]] | None = {"owner": "all"} if everyone else None
         return cast(list[Workspace], await self.request("GET", "/workspaces", query=query))
 
     async def workspace(self, ref: str) -> Workspace:
@@ -301,7 +312,7 @@ class Client:
         return cast(Build, await self.request("GET", f"/builds/{_seg(build_id)}"))
 
     async def build_logs(self, build_id: str, after: int = 0, wait: float = 0) -> Logs:
-        query = {"after": str(after)}
+        query: dict[str, str | list[str]] = {"after": str(after)}
         if wait:
             query["wait"] = f"{wait:g}"
         return cast(Logs, await self.request(

@@ -56,7 +56,9 @@ async def start_build(
     """Queue a build of ``workspace``.
 
     A start uses the template's active version; stop and delete use the
-    version of the last build.  Variables default to the last build's.
+    version of the last build.  Variables default to the last build's.  The
+    job carries the version's provisioner tags (plus the server's
+    ``job_tags``), so only daemons with all of them take it.
 
     Raises:
         NotFound: the template, its version or the owner is gone.
@@ -75,9 +77,10 @@ async def start_build(
         version_id = last.template_version_id
     if variables is None:
         variables = dict(last.variables) if last is not None else {}
+    version = await store.get_template_version(version_id)
     archive = await store.get_template_archive(version_id)
     owner = await store.get_user(workspace.owner_id)
-    if archive is None or owner is None:
+    if version is None or archive is None or owner is None:
         raise NotFound("the template version or the owner is gone")
     state = await store.get_workspace_state(workspace.id)
     agent_token = secrets.token_urlsafe(32)
@@ -99,7 +102,7 @@ async def start_build(
         initiator_id,
         variables,
         job_input,
-        cd.job_tags,
+        {**version.tags, **cd.job_tags},
         hash_agent_token(agent_token),
     )
     await cd.pubsub.publish(pubsub.JOBS, job.id)

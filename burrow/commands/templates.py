@@ -24,6 +24,9 @@ def register(sub: Any) -> None:
     add(push, "--name", help="template name (default: the directory's name)")
     add(push, "--description", help="template description")
     add(push, "--version", help="version name (default: v<N>)")
+    push.add_argument("--tag", action="append", default=[], metavar="K=V",
+                      help="a provisioner tag: only daemons with it build this version "
+                      "(repeatable)")
     push.set_defaults(run=run_push)
     lst = tsub.add_parser("list", help="list templates")
     lst.set_defaults(run=run_list)
@@ -67,11 +70,18 @@ def run_push(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?", name):
         raise UsageError(f"invalid template name {name!r}: use --name with a-z, 0-9, '-', '_'")
     archive = archive_directory(directory)
+    tags: dict[str, str] = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--tag wants KEY=VALUE, got {item!r}")
+        tags[key] = value
 
     async def main() -> int:
         client = session_client()
         out = await client.push_template(
-            name, archive, description=args.description or "", version=args.version or ""
+            name, archive, description=args.description or "", version=args.version or "",
+            tags=tags,
         )
         v = out["version"]
         print(f"Pushed template {name!r} version {v['name']} ({len(out['files'])} files, "

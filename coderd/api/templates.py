@@ -12,6 +12,7 @@ from coderd.store.base import Conflict, Role, Template
 from relay.http import Response
 
 TEMPLATE_NAME = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
+TAG = r"[A-Za-z0-9_.-]{1,64}"
 TAR_TYPES = ("application/x-tar", "application/octet-stream", "application/gzip")
 
 
@@ -36,6 +37,23 @@ async def list_versions(call: Call) -> Response:
     return Response.json(200, [views.version(v) for v in versions])
 
 
+def _tags(values: list[str]) -> dict[str, str]:
+    """``k=v`` query values -> tags; ApiError 400 when malformed."""
+    if len(values) > 16:
+        raise ApiError(400, "at most 16 tags")
+    tags: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(TAG, key) or not re.fullmatch(TAG, value):
+            raise ApiError(
+                400,
+                "invalid tag",
+                validations=[{"field": "tag", "detail": f"want key=value, each matching {TAG}"}],
+            )
+        tags[key] = value
+    return tags
+
+
 async def push_version(call: Call) -> Response:
     name = call.params["template"]
     if not re.fullmatch(TEMPLATE_NAME, name):
@@ -51,13 +69,14 @@ async def push_version(call: Call) -> Response:
     version_name = call.query("version")[:64]
     if version_name and not re.fullmatch(r"[A-Za-z0-9._-]+", version_name):
         raise ApiError(400, "invalid version name", "letters, digits, '.', '_' and '-' only")
+    tags = _tags(call.request.query.get("tag", []))
     try:
         files = check_template_archive(call.request.body)
     except ArchiveError as exc:
         raise ApiError(400, "invalid template archive", str(exc)) from None
     try:
         tmpl, version = await call.cd.store.create_template_version(
-            name, description, call.user.id, version_name, call.request.body
+            name, description, call.user.id, version_name, call.request.body, tags
         )
     except Conflict:
         raise ApiError(409, "that version name exists for this template") from None
@@ -76,7 +95,7 @@ ROUTES = [
     Route(
         "POST", "/templates/{template}/versions", push_version, Role.TEMPLATE_ADMIN,
         "Push a new version (a tar of .tf files) and make it active; creates the template "
-        "if needed. Query: description, version.",
+        "if needed. Query: description, version, tag=k=v (repeatable: provisioner tags).",
         raw_body="application/x-tar", max_body=MAX_UPLOAD, responses={201: "created"},
     ),
 ]

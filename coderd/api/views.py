@@ -47,6 +47,7 @@ def version(v: TemplateVersion) -> dict[str, Any]:
         "name": v.name,
         "archive_size": v.archive_size,
         "archive_sha256": v.archive_sha256,
+        "tags": dict(v.tags),
         "created_by": v.created_by,
         "created_at": v.created_at,
     }

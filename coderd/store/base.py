@@ -106,6 +106,7 @@ class TemplateVersion:
     archive_size: int
     archive_sha256: str
     created_at: float
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,12 @@ class Store(abc.ABC):
         created_by: str,
         version_name: str,
         archive: bytes,
+        tags: Mapping[str, str] | None = None,
     ) -> tuple[Template, TemplateVersion]:
-        """Create the template if needed, add a version and make it active."""
+        """Create the template if needed, add a version and make it active.
+
+        ``tags``: provisioner tags the version's build jobs carry.
+        """
 
     @abc.abstractmethod
     async def get_template(self, id_or_name: str) -> Template | None: ...

@@ -99,6 +99,7 @@ def _version(r: Row) -> TemplateVersion:
         archive_size=r["archive_size"],
         archive_sha256=r["archive_sha256"],
         created_at=r["created_at"],
+        tags=json.loads(r["tags"]),
     )
 
 
@@ -343,8 +344,10 @@ class SqlStore(Store):
         created_by: str,
         version_name: str,
         archive: bytes,
+        tags: Mapping[str, str] | None = None,
     ) -> tuple[Template, TemplateVersion]:
         now = time.time()
+        vtags = dict(tags or {})
         digest = hashlib.sha256(archive).hexdigest()
 
         async def q(tx: Tx) -> tuple[Template, TemplateVersion]:
@@ -366,10 +369,13 @@ class SqlStore(Store):
                 "SELECT COUNT(*) AS n FROM template_versions WHERE template_id = ?", tid
             )
             name = version_name or f"v{int(count['n']) + 1 if count else 1}"
-            version = TemplateVersion(new_id(), tid, name, created_by, len(archive), digest, now)
+            version = TemplateVersion(
+                new_id(), tid, name, created_by, len(archive), digest, now, vtags
+            )
             await tx.execute(
                 "INSERT INTO template_versions (id, template_id, name, created_by, archive,"
-                " archive_size, archive_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " archive_size, archive_sha256, created_at, tags)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 version.id,
                 tid,
                 name,
@@ -378,6 +384,7 @@ class SqlStore(Store):
                 len(archive),
                 digest,
                 now,
+                _json(vtags),
             )
             if description and row is not None:
                 await tx.execute(
@@ -412,7 +419,8 @@ class SqlStore(Store):
         async def q(tx: Tx) -> list[TemplateVersion]:
             rows = await tx.fetchall(
                 "SELECT id, template_id, name, created_by, archive_size, archive_sha256,"
-                " created_at FROM template_versions WHERE template_id = ? ORDER BY created_at",
+                " created_at, tags FROM template_versions WHERE template_id = ?"
+                " ORDER BY created_at",
                 template_id,
             )
             return [_version(r) for r in rows]
@@ -423,7 +431,7 @@ class SqlStore(Store):
         async def q(tx: Tx) -> TemplateVersion | None:
             row = await tx.fetchone(
                 "SELECT id, template_id, name, created_by, archive_size, archive_sha256,"
-                " created_at FROM template_versions WHERE id = ?",
+                " created_at, tags FROM template_versions WHERE id = ?",
                 version_id,
             )
             return _version(row) if row else None

@@ -387,3 +387,25 @@ async def test_metrics_render_latency_by_route(api: Api) -> None:
     assert "burrow_provisioner_daemons_connected 2" in text
     assert 'burrow_derp_drops{reason="queue_full"} 4' in text
     assert "# TYPE burrow_derp_clients_connected gauge" in text
+
+
+async def test_template_tags_route_jobs_to_matching_daemons(api: Api) -> None:
+    await api.setup_owner()
+    hdr = {"Content-Type": "application/x-tar"}
+    tar = tar_of({"main.tf": MAIN_TF})
+    r = await api.call("POST", "/templates/t/versions", raw=tar, headers=hdr,
+                       query={"tag": ["zone=eu", "gpu=yes"]})
+    assert r.status == 201
+    assert r.body["version"]["tags"] == {"zone": "eu", "gpu": "yes"}
+    for bad in (["nokey"], ["=v"], ["k="], ["a b=c"], [f"k{i}=v" for i in range(17)]):
+        r = await api.call("POST", "/templates/t/versions", raw=tar, headers=hdr,
+                           query={"tag": bad})
+        assert r.status == 400, bad
+    r = await api.call("POST", "/workspaces", {"name": "dev", "template": "t"})
+    job_id = r.body["latest_build"]["job_id"]
+    assert await api.cd.store.acquire_job("plain", {}) is None
+    assert await api.cd.store.acquire_job("eu-only", {"zone": "eu"}) is None
+    job = await api.cd.store.acquire_job("eu-gpu", {"zone": "eu", "gpu": "yes", "x": "1"})
+    assert job is not None
+    assert job.id == job_id
+    assert job.tags == {"zone": "eu", "gpu": "yes"}

@@ -18,7 +18,7 @@ async def _user(store: Store, name: str = "alice") -> str:
 async def test_migrations_are_recorded_and_not_reapplied(
     opened: Opened, db_config: dict[str, str]
 ) -> None:
-    assert opened.migrations_applied == [1]
+    assert opened.migrations_applied == [1, 2]
     again = await open_store(**db_config)
     try:
         assert again.migrations_applied == []
@@ -74,9 +74,12 @@ async def test_templates_are_versioned(opened: Opened) -> None:
     store = opened.store
     uid = await _user(store)
     t1, v1 = await store.create_template_version("docker", "d", uid, "", b"tar1")
-    t2, v2 = await store.create_template_version("docker", "", uid, "", b"tar22")
+    t2, v2 = await store.create_template_version(
+        "docker", "", uid, "", b"tar22", {"zone": "a"}
+    )
     assert t1.id == t2.id
     assert (v1.name, v2.name) == ("v1", "v2")
+    assert (v1.tags, v2.tags) == ({}, {"zone": "a"})
     assert t2.active_version_id == v2.id
     assert await store.get_template_archive(v1.id) == b"tar1"
     assert (await store.get_template_version(v2.id)) == v2
