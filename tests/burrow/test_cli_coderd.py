@@ -126,6 +126,8 @@ def test_cli_flow_against_a_real_server(server: Server, tmp_path: Path) -> None:
     assert "No templates" in ok(cli(server, "templates", "list"))
     assert "invalid template name" in one_line_error(
         cli(server, "templates", "push", str(tdir)), code=2)
+    assert "KEY=VALUE" in one_line_error(
+        cli(server, "templates", "push", str(tdir), "--name", "x", "--tag", "oops"), code=2)
     out = ok(cli(server, "templates", "push", str(tdir), "--name", "local"))
     assert "version v1 (1 files" in out
     assert "local" in ok(cli(server, "templates", "list"))
