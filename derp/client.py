@@ -255,7 +255,8 @@ class DerpClient:
             )
             if self.preferred:
                 await conn.note_preferred(True)
-        except DerpError as exc:
+        except (DerpError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await trio.aclose_forcefully(stream)
             log.info("derp client: handshake with %s failed: %s", self.url, exc)
             return None
         self.transport = transport
