@@ -15,10 +15,17 @@ since the current cycle began.  ``accept_websocket_stream`` answers the
 WebSocket handshake itself and returns the raw stream, for handlers that run
 their own framing (``derp.websocket``, which is several times faster).
 
-Errors.  Malformed HTTP gets 400 and the connection closes; an unknown path
-404; a body over the limit 413 (then close: the rest of the body is never
-read); a handler exception 500 with a generic message -- the traceback goes to
-the log only.  Errors are JSON (``Response.error``).
+trio-websocket needs a nursery for its reader task; one is opened only around
+the handler of a request that asks for a WebSocket.  Once a connection
+upgrades, its h11 parser is dropped: an idle DERP connection then costs the
+front door only the suspended handler call.
+
+Errors.  Malformed HTTP gets 400 (or h11's hint, e.g. 431) and the connection
+closes; an unknown path 404; a body over the limit 413 (then close: the rest
+of the body is never read); a body slower than ``body_timeout`` 408; a
+handler exception 500 with a generic message -- the traceback goes to the log
+only.  Errors are JSON (``Response.error``).  ``Expect: 100-continue`` is
+answered before the body is read.
 """
 
 from __future__ import annotations
