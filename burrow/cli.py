@@ -30,6 +30,11 @@ COMMANDS = (
     "delete",
     "logs",
     "config_ssh",
+    "ssh",
+    "port_forward",
+    "ping",
+    "speedtest",
+    "netcheck",
 )
 
 

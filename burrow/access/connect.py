@@ -1,0 +1,357 @@
+"""From a workspace name to tunnel streams: :func:`connect`.
+
+Theory of operation.  ``async with connect(client, "dev") as conn`` does, in order:
+
+1. looks the workspace up through the API and picks its agent; while the
+   workspace's build is still pending or starting it waits, showing the last
+   build log line on the spinner (:class:`~burrow.access.progress.Progress`);
+2. opens the coordinator WebSocket as a *client* of that agent, reads
+   ``welcome`` (the relay map), publishes a fresh node key, and waits for the
+   agent's node (``peer``) -- an agent that has not connected yet keeps us
+   waiting, up to ``timeout``;
+3. connects a :class:`~derp.client.DerpClient` to the agent's home relay
+   (``--force-websockets`` makes it use WebSocket from the start), runs a
+   tunnel :class:`~tunnel.endpoint.Endpoint` on it, and authorises exactly
+   the agent's key, with the agent's direct endpoints to try in background;
+4. keeps reading the coordinator: a re-announced node (new endpoints, or a
+   new key after an agent restart) updates the endpoint's peer.
+
+The tunnel key is generated per connection: the coordinator tells the agent
+which client keys may reach it, so a key outlives nothing.  Leaving the
+block closes the tunnel session (telling the agent), the relay connection and
+the coordinator WebSocket.  Every failure a user can cause or meet
+(workspace stopped, server unreachable, relay unreachable, agent refuses) is
+an :class:`AccessError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_websocket
+
+from burrow.access.coordination import (
+    CoordinationError,
+    Node,
+    Peer,
+    Region,
+    Welcome,
+    node_message,
+    parse_server_message,
+)
+from burrow.access.progress import Progress
+from burrow.api_client import SESSION_HEADER, ApiError, Client, ConnectError
+from derp.client import DerpClient
+from derp.keys import generate_private_key
+from tunnel.derp_path import DerpPath
+from tunnel.endpoint import Endpoint
+from tunnel.errors import TunnelError
+from tunnel.stream import TunnelStream
+
+DEFAULT_TIMEOUT = 120.0
+RELAY_DIAL_TIMEOUT = 15.0
+POLL_INTERVAL = 1.0
+
+
+class AccessError(Exception):
+    """The workspace cannot be reached; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The agent a connection goes to."""
+
+    workspace: str
+    workspace_id: str
+    agent_id: str
+    agent_name: str
+
+
+async def find_agent(
+    client: Client,
+    workspace: str,
+    *,
+    agent: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+) -> Target:
+    """The agent of ``workspace``, waiting while its build is pending or starting.
+
+    Raises:
+        AccessError: no such workspace or agent, it is stopped/failed, or the
+            build did not finish within ``timeout``.
+    """
+    progress = progress or Progress(quiet=True)
+    deadline = trio.current_time() + timeout
+    log_after = 0
+    last_line = ""
+    while True:
+        try:
+            ws = await client.workspace(workspace)
+        except ApiError as exc:
+            raise AccessError(f"workspace {workspace!r}: {exc}") from None
+        except ConnectError as exc:
+            raise AccessError(str(exc)) from None
+        name, status, build = ws["name"], ws["status"], ws.get("latest_build") or {}
+        if status == "running":
+            agents = build.get("agents") or []
+            if agent is not None:
+                agents = [a for a in agents if a.get("name") == agent]
+            if not agents:
+                which = f"an agent named {agent!r}" if agent else "an agent"
+                raise AccessError(f"workspace {name} has no {which}")
+            if len(agents) > 1 and agent is None:
+                names = ", ".join(str(a.get("name")) for a in agents)
+                raise AccessError(f"workspace {name} has several agents ({names}): pick one")
+            a = agents[0]
+            return Target(name, ws["id"], str(a["id"]), str(a.get("name", "")))
+        if status not in ("pending", "starting"):
+            hint = f"; start it with `burrow start {name}`" if status == "stopped" else ""
+            raise AccessError(f"workspace {name} is {status}{hint}")
+        if trio.current_time() >= deadline:
+            raise AccessError(f"workspace {name} is still {status} after {timeout:g} s")
+        build_id = build.get("id")
+        if build_id:
+            try:
+                logs = await client.build_logs(str(build_id), after=log_after)
+                for line in logs.get("logs", []):
+                    log_after = max(log_after, int(line["id"]))
+                    last_line = str(line.get("output", ""))
+            except (ApiError, ConnectError):
+                pass
+        progress.update(f"workspace {name} is {status}...", last_line)
+        await trio.sleep(POLL_INTERVAL)
+
+
+class WorkspaceConnection:
+    """A live tunnel to one workspace agent (made by :func:`connect`).
+
+    Attributes:
+        target: which workspace and agent.
+        endpoint: the tunnel endpoint (our key).
+        derp: the relay client.
+        region: the relay region we share with the agent.
+        agent_node: the agent's node as last announced.
+    """
+
+    def __init__(self, target: Target, endpoint: Endpoint, derp: DerpClient,
+                 region: Region, agent_node: Node) -> None:
+        self.target = target
+        self.endpoint = endpoint
+        self.derp = derp
+        self.region = region
+        self.agent_node = agent_node
+
+    @property
+    def agent_key(self) -> bytes:
+        return self.agent_node.key
+
+    def set_agent(self, node: Node) -> None:
+        """The coordinator re-announced the agent: follow its key and endpoints."""
+        if node.key != self.agent_node.key:
+            self.endpoint.remove_peer(self.agent_node.key)
+        self.agent_node = node
+        self.endpoint.set_peer(node.key, direct_endpoints=list(node.endpoints))
+
+    async def open_stream(self, service: str) -> TunnelStream:
+        """A stream to ``service`` (``ssh``, ``tcp:<port>``, ``speedtest``) on the agent.
+
+        Raises:
+            AccessError: the agent refused or could not be reached.
+        """
+        try:
+            return await self.endpoint.open_stream(self.agent_key, service)
+        except TunnelError as exc:
+            raise AccessError(f"{self.target.workspace}: {service}: {exc}") from None
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Tunnel round-trip time in seconds.  Raises AccessError on timeout."""
+        try:
+            return await self.endpoint.ping(self.agent_key, timeout)
+        except TunnelError as exc:
+            raise AccessError(f"{self.target.workspace}: ping: {exc}") from None
+
+    def path(self) -> str:
+        """``relay``, ``direct`` or ``none``."""
+        return self.endpoint.path_of(self.agent_key)
+
+
+def _coordinate_url(client: Client, agent_id: str) -> str:
+    base = client.url
+    scheme = "wss://" if base.startswith("https://") else "ws://"
+    return scheme + base.split("://", 1)[1] + f"/api/v2/workspaceagents/{agent_id}/coordinate"
+
+
+async def _next_message(ws: trio_websocket.WebSocketConnection) -> Welcome | Peer | None:
+    try:
+        text = await ws.get_message()
+    except trio_websocket.ConnectionClosed as exc:
+        reason = exc.reason.reason if exc.reason is not None else None
+        raise AccessError(f"the coordinator closed the connection: {reason or 'closed'}") from None
+    try:
+        msg = parse_server_message(text)
+    except CoordinationError as exc:
+        raise AccessError(str(exc)) from None
+    return msg if isinstance(msg, Welcome | Peer) else None
+
+
+async def _open_coordinator(
+    nursery: trio.Nursery, client: Client, target: Target
+) -> trio_websocket.WebSocketConnection:
+    headers = [(SESSION_HEADER.encode(), (client.token or "").encode())]
+    url = _coordinate_url(client, target.agent_id)
+    try:
+        with trio.fail_after(client.timeout):
+            return await trio_websocket.connect_websocket_url(
+                nursery, url, extra_headers=headers, message_queue_size=64,
+                max_message_size=1 << 20,
+            )
+    except trio_websocket.ConnectionRejected as exc:
+        message = f"HTTP {exc.status_code}"
+        try:
+            body = json.loads(exc.body or b"{}")
+            if isinstance(body, dict) and isinstance(body.get("message"), str):
+                message = body["message"]
+        except ValueError:
+            pass
+        raise AccessError(f"coordinator refused: {message}") from None
+    except (trio_websocket.HandshakeError, OSError) as exc:
+        raise AccessError(f"cannot reach the coordinator at {client.url}: {exc}") from None
+    except trio.TooSlowError:
+        raise AccessError(f"the coordinator at {client.url} did not answer in time") from None
+
+
+def _pick_region(regions: tuple[Region, ...], wanted: int) -> Region:
+    for r in regions:
+        if r.region_id == wanted:
+            return r
+    if not regions:
+        raise AccessError("the server's relay map has no regions")
+    return regions[0]
+
+
+@asynccontextmanager
+async def connect(
+    client: Client,
+    workspace: str,
+    *,
+    agent: str | None = None,
+    force_websocket: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+) -> AsyncIterator[WorkspaceConnection]:
+    """A tunnel to ``workspace``'s agent, alive for the ``async with`` block.
+
+    Args:
+        client: an authenticated API client.
+        workspace: name, ``owner.name`` or id.
+        agent: the agent's name when the workspace has several.
+        force_websocket: reach the relay over WebSocket only.
+        timeout: seconds to wait for the build and for the agent to connect.
+        progress: where to show waiting (quiet if None).
+
+    Raises:
+        AccessError: anything that stops us from reaching the agent.
+    """
+    progress = progress or Progress(quiet=True)
+    deadline = trio.current_time() + timeout
+    target = await find_agent(client, workspace, agent=agent, timeout=timeout,
+                              progress=progress)
+    key = generate_private_key()
+    endpoint = Endpoint(key)
+    async with trio.open_nursery() as nursery:
+        ws = await _open_coordinator(nursery, client, target)
+        try:
+            conn = await _join(nursery, ws, target, key, endpoint, force_websocket, deadline,
+                               progress)
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+            raise
+        finally:
+            progress.done()
+        try:
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await endpoint.aclose()
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _join(
+    nursery: trio.Nursery,
+    ws: trio_websocket.WebSocketConnection,
+    target: Target,
+    key: bytes,
+    endpoint: Endpoint,
+    force_websocket: bool,
+    deadline: float,
+    progress: Progress,
+) -> WorkspaceConnection:
+    regions: tuple[Region, ...] = ()
+    agent_node: Node | None = None
+    published = -1
+    started = trio.current_time()
+    with trio.move_on_at(deadline) as scope:
+        while agent_node is None:
+            with trio.move_on_after(POLL_INTERVAL):
+                msg = await _next_message(ws)
+                if isinstance(msg, Welcome):
+                    regions = msg.regions
+                    region = _pick_region(regions, 0)
+                    await ws.send_message(node_message(endpoint.public_key, region.region_id))
+                    published = region.region_id
+                elif isinstance(msg, Peer):
+                    agent_node = msg.node
+            if agent_node is None and trio.current_time() - started >= POLL_INTERVAL:
+                progress.update(
+                    f"waiting for agent {target.agent_name} of {target.workspace} to connect..."
+                )
+    if scope.cancelled_caught or agent_node is None:
+        raise AccessError(
+            f"the agent of workspace {target.workspace} did not connect in time"
+            " (is it running? `burrow show` tells when it last connected)"
+        )
+    region = _pick_region(regions, agent_node.home_region)
+    if region.region_id != published:
+        await ws.send_message(node_message(endpoint.public_key, region.region_id))
+    derp = DerpClient(region.url, key, force_websocket=force_websocket)
+    try:
+        with trio.fail_after(RELAY_DIAL_TIMEOUT):
+            await nursery.start(derp.run)
+    except trio.TooSlowError:
+        raise AccessError(f"cannot reach the relay {region.url}") from None
+    endpoint.add_relay(DerpPath(derp))
+    await nursery.start(endpoint.run)
+    conn = WorkspaceConnection(target, endpoint, derp, region, agent_node)
+    endpoint.set_peer(agent_node.key, direct_endpoints=list(agent_node.endpoints))
+    nursery.start_soon(_follow, ws, conn)
+    return conn
+
+
+async def _follow(ws: trio_websocket.WebSocketConnection, conn: WorkspaceConnection) -> None:
+    """Apply the agent's re-announcements; a lost coordinator leaves the tunnel as it is."""
+    while True:
+        try:
+            msg = await _next_message(ws)
+        except AccessError:
+            return
+        if isinstance(msg, Peer):
+            conn.set_agent(msg.node)
+
+
+def describe(conn: WorkspaceConnection) -> dict[str, Any]:
+    """What ``burrow ping`` prints about the path."""
+    return {
+        "path": conn.path(),
+        "region": conn.region.code or str(conn.region.region_id),
+        "region_name": conn.region.name,
+        "transport": conn.derp.transport or "",
+    }
