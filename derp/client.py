@@ -168,6 +168,20 @@ class DerpClient:
         self._wake.set()
         await trio.lowlevel.checkpoint()
 
+    def stats(self) -> dict[str, int]:
+        """The counters, for logs and metrics."""
+        return {
+            "connected": int(self.connected),
+            "connects": self.connects,
+            "dial_failures": self.dial_failures,
+            "packets_sent": self.packets_sent,
+            "bytes_sent": self.bytes_sent,
+            "packets_received": self.packets_received,
+            "bytes_received": self.bytes_received,
+            "dropped_disconnected": self.dropped_disconnected,
+            "pending_bytes": self._pending_bytes,
+        }
+
     async def receive(self) -> ClientEvent:
         """The next event: a packet, a peer gone, or a (re)connection."""
         return await self._events_out.receive()

@@ -59,6 +59,10 @@ async def test_two_clients_exchange_packets(relay: RelayNode, force_websocket: b
             rtt = await a.ping()
             assert 0 < rtt < 5
             assert a.packets_sent == 200
+            stats = a.stats()
+            assert stats["packets_sent"] == 200
+            assert stats["connected"] == 1
+            assert b.stats()["packets_received"] == 200
             nursery.cancel_scope.cancel()
 
 
