@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             for r in b.get("resources", []):
                 print(f"  resource  {r['type']}.{r['name']}  {r['kind']}, {r['persistence']}")
             for a in b.get("agents", []):
-                seen = "connected" if a.get("last_connected_at") else "not connected"
+                seen = a.get("status", "connecting")
                 print(f"  agent     {a['name']}  {a['os']}/{a['arch']}  {seen}")
         return 0
 

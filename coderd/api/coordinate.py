@@ -41,6 +41,8 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
     ws = await call.upgrade.accept_websocket()
     gauge = call.cd.metrics.coordinator_connections
     gauge[role] += 1
+    if role == "agent":
+        await call.cd.store.set_agent_connected(agent_id, True)
 
     async def send(obj: dict[str, Any]) -> None:
         async with send_lock:
@@ -93,6 +95,8 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
         gauge[role] -= 1
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await ps.publish(ch, Event("gone", role, conn_id).encode())
+            if role == "agent":
+                await call.cd.store.set_agent_connected(agent_id, False)
 
 
 async def agent_coordinate(call: Call) -> Response | None:

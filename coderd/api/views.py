@@ -74,6 +74,8 @@ def agent(a: Agent) -> dict[str, Any]:
         "directory": a.directory,
         "created_at": a.created_at,
         "last_connected_at": a.last_connected_at,
+        "disconnected_at": a.disconnected_at,
+        "status": a.status,
     }
 
 

@@ -201,6 +201,14 @@ class Agent:
     env: Mapping[str, str]
     created_at: float
     last_connected_at: float | None = None
+    disconnected_at: float | None = None
+
+    @property
+    def status(self) -> str:
+        """``connected``, ``disconnected`` or ``connecting`` (never connected yet)."""
+        if self.last_connected_at is None:
+            return "connecting"
+        return "connected" if self.disconnected_at is None else "disconnected"
 
 
 @dataclass(frozen=True)
@@ -367,6 +375,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    @abc.abstractmethod
+    async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
+        """Record that the agent's coordinator connection opened (True) or ended."""
 
     @abc.abstractmethod
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:

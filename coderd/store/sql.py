@@ -182,6 +182,7 @@ def _agent(r: Row) -> Agent:
         env=json.loads(r["env"]),
         created_at=r["created_at"],
         last_connected_at=r["last_connected_at"],
+        disconnected_at=r["disconnected_at"],
     )
 
 
@@ -686,6 +687,24 @@ class SqlStore(Store):
             return _agent(row) if row else None
 
         return await self._tx(q)
+
+    async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
+        now = time.time()
+
+        async def q(tx: Tx) -> None:
+            if connected:
+                await tx.execute(
+                    "UPDATE workspace_agents SET last_connected_at = ?, disconnected_at = NULL"
+                    " WHERE id = ?",
+                    now,
+                    agent_id,
+                )
+            else:
+                await tx.execute(
+                    "UPDATE workspace_agents SET disconnected_at = ? WHERE id = ?", now, agent_id
+                )
+
+        await self._tx(q, write=True)
 
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:
         async def q(tx: Tx) -> bytes | None:

@@ -88,6 +88,8 @@ async def _recv(ws: Any) -> dict[str, Any]:
 
 async def test_agent_and_client_learn_each_other(api: Api) -> None:
     agent_id, agent_token = await _workspace_with_agent(api)
+    r = await api.call("GET", "/workspaces/dev")
+    assert r.body["latest_build"]["agents"][0]["status"] == "connecting"
     async with serving(api.cd) as base:
         agent_hdr = [(b"Burrow-Agent-Token", agent_token.encode())]
         user_hdr = [(b"Burrow-Session-Token", str(api.token).encode())]
@@ -97,6 +99,8 @@ async def test_agent_and_client_learn_each_other(api: Api) -> None:
             ) as agent:
                 welcome = await _recv(agent)
                 assert welcome["type"] == "welcome"
+                r = await api.call("GET", "/workspaces/dev")
+                assert r.body["latest_build"]["agents"][0]["status"] == "connected"
                 assert welcome["relay_map"]["regions"]
                 await agent.send_message(json.dumps({"type": "node", "node": NODE_A}))
                 async with trio_websocket.open_websocket_url(
@@ -119,6 +123,12 @@ async def test_agent_and_client_learn_each_other(api: Api) -> None:
                 err = await _recv(agent)
                 assert err["type"] == "error"
                 assert "key" in err["message"]
+        with trio.fail_after(10):
+            while True:  # the server side notices the close a moment later
+                r = await api.call("GET", "/workspaces/dev")
+                if r.body["latest_build"]["agents"][0]["status"] == "disconnected":
+                    break
+                await trio.sleep(0.05)
 
 
 async def test_only_entitled_users_may_coordinate(api: Api) -> None:
