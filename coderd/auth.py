@@ -120,15 +120,13 @@ async def authenticate(store: Store, token: str | None) -> Authenticated:
     key_id, sep, secret = token.partition("-")
     if not sep or len(key_id) != 10 or not secret or len(token) > 200:
         raise AuthError("invalid session token")
-    key = await store.get_api_key(key_id)
+    found = await store.get_api_key_and_user(key_id)
     candidate = _hash_secret(secret)
-    if key is None or not hmac.compare_digest(candidate, key.hashed_secret):
+    if found is None or not hmac.compare_digest(candidate, found[0].hashed_secret):
         raise AuthError("invalid session token")
+    key, user = found
     if key.expires_at <= time.time():
         raise AuthError("session token expired: log in again")
-    user = await store.get_user(key.user_id)
-    if user is None:
-        raise AuthError("invalid session token")
     return Authenticated(user, key)
 
 

@@ -266,6 +266,10 @@ class Store(abc.ABC):
     async def get_api_key(self, key_id: str) -> ApiKey | None: ...
 
     @abc.abstractmethod
+    async def get_api_key_and_user(self, key_id: str) -> tuple[ApiKey, User] | None:
+        """A key with its user, in one round trip (every authenticated request needs both)."""
+
+    @abc.abstractmethod
     async def list_api_keys(self, user_id: str, kind: str) -> list[ApiKey]: ...
 
     @abc.abstractmethod

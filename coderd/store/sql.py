@@ -319,6 +319,16 @@ class SqlStore(Store):
 
         return await self._tx(q)
 
+    async def get_api_key_and_user(self, key_id: str) -> tuple[ApiKey, User] | None:
+        async def q(tx: Tx) -> tuple[ApiKey, User] | None:
+            key = await tx.fetchone("SELECT * FROM api_keys WHERE id = ?", key_id)
+            if key is None:
+                return None
+            user = await tx.fetchone("SELECT * FROM users WHERE id = ?", key["user_id"])
+            return (_key(key), _user(user)) if user else None
+
+        return await self._tx(q)
+
     async def list_api_keys(self, user_id: str, kind: str) -> list[ApiKey]:
         async def q(tx: Tx) -> list[ApiKey]:
             rows = await tx.fetchall(

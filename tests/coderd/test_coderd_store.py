@@ -63,6 +63,11 @@ async def test_api_keys(opened: Opened) -> None:
     key = ApiKey("k1", uid, "hash", "token", "ci", time.time(), time.time() + 60)
     await store.insert_api_key(key)
     assert await store.get_api_key("k1") == key
+    both = await store.get_api_key_and_user("k1")
+    assert both is not None
+    assert both[0] == key
+    assert both[1].id == uid
+    assert await store.get_api_key_and_user("nope") is None
     assert await store.list_api_keys(uid, "token") == [key]
     assert await store.list_api_keys(uid, "session") == []
     assert await store.delete_api_key("k1")
