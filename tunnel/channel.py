@@ -59,7 +59,7 @@ class Received:
         peer_instance: the peer's instance id when ``established``.
     """
 
-    plaintext: bytes | None = None
+    plaintext: bytearray | None = None
     established: bool = False
     peer_instance: bytes = b""
 
@@ -100,7 +100,7 @@ class Channel:
         self._pending: InitiatorState | None = None
         self._pending_sent = 0.0
         self._pending_started = 0.0
-        self._outgoing: list[bytes] = []
+        self._outgoing: list[bytes | bytearray] = []
         self.dropped: Counter[str] = Counter()
         self.handshakes = 0
 
@@ -109,14 +109,14 @@ class Channel:
         """True when a usable keypair exists to seal with."""
         return self.current is not None and not self.current.expired(now)
 
-    def seal(self, plaintext: bytes, now: float) -> bytes | None:
+    def seal(self, plaintext: bytes | bytearray, now: float) -> bytearray | None:
         """Seal one record with the current keypair, or None if there is none."""
         kp = self.current
         if kp is None or kp.expired(now):
             return None
         return kp.seal(plaintext)
 
-    def take_outgoing(self) -> list[bytes]:
+    def take_outgoing(self) -> list[bytes | bytearray]:
         """Handshake messages (and key confirmations) waiting to be sent."""
         out, self._outgoing = self._outgoing, []
         return out

@@ -120,6 +120,7 @@ class StreamState:
         self.acked: list[tuple[int, int]] = []  # acked [start, end) above send_base
         self.retx: deque[tuple[int, int, bool]] = deque()  # (offset, length, fin)
         self.peer_max = 0  # peer's MAX_STREAM_DATA
+        self.bulk = False  # our last new-data packet for this stream was full
         self.fin_queued = False
         self.fin_sent = False
         self.fin_acked = False
@@ -130,7 +131,7 @@ class StreamState:
         self.recv_next = 0  # next in-order offset expected
         self.recv_high = 0  # highest offset received (flow-control accounting)
         self.consumed = 0  # bytes read (or discarded) by the application
-        self.ooo: dict[int, bytes] = {}
+        self.ooo: dict[int, bytes | memoryview] = {}
         self.fin_offset: int | None = None
         self.local_max = cfg.stream_window
         self.max_dirty = False
@@ -187,6 +188,7 @@ class Connection:
         # receiving
         self._recv_ranges: list[list[int]] = []  # ascending [first, last]
         self._ack_needed = False
+        self.unacked_received = 0  # ack-eliciting packets since our last ACK
         self._last_recv = now
         self._last_ping = now
         # flow control, session level
@@ -201,6 +203,8 @@ class Connection:
         self._ready: dict[int, None] = {}  # streams that may have data to send
         self._events: list[Event] = []
         self._changed: set[int] = set()
+        self._hold_tail = 0
+        self.held_back = False  # the last poll kept a runt tail back
         self.dead = False
         self.closed: tuple[int, str] | None = None
         self.stats: dict[str, int] = {
@@ -264,14 +268,15 @@ class Connection:
         st.fin_queued = True
         self._ready[sid] = None
 
-    def read(self, sid: int, max_bytes: int) -> bytes:
+    def read(self, sid: int, max_bytes: int) -> bytes | bytearray:
         """Take up to ``max_bytes`` in-order bytes (b"" if none buffered)."""
         st = self.streams.get(sid)
         if st is None or not st.recv:
             return _EMPTY
+        out: bytes | bytearray
         if max_bytes >= len(st.recv):
-            out = bytes(st.recv)
-            st.recv.clear()
+            out = st.recv  # hand the buffer over: no copy
+            st.recv = bytearray()
         else:
             out = bytes(st.recv[:max_bytes])
             del st.recv[:max_bytes]
@@ -376,7 +381,7 @@ class Connection:
             self._control.append(fr.encode_ping(0))
 
     # == receiving =======================================================
-    def receive(self, packet: bytes, now: float) -> None:
+    def receive(self, packet: bytes | bytearray, now: float) -> None:
         """Process one authenticated packet plaintext (empty = no packet)."""
         if not packet:
             self._last_recv = now
@@ -404,6 +409,7 @@ class Connection:
         self._note_received(pn)
         if eliciting:
             self._ack_needed = True
+            self.unacked_received += 1
 
     def _note_received(self, pn: int) -> None:
         rs = self._recv_ranges
@@ -469,7 +475,7 @@ class Connection:
         self._changed.add(st.sid)
         self._maybe_forget(st)
 
-    def _deliver(self, st: StreamState, data: bytes) -> None:
+    def _deliver(self, st: StreamState, data: bytes | memoryview) -> None:
         st.recv_next += len(data)
         if st.read_closed:
             self._consume(st, len(data))
@@ -715,14 +721,23 @@ class Connection:
             self._changed.add(st.sid)  # room in the send buffer
 
     # == sending =========================================================
-    def poll(self, now: float, max_packets: int = 64) -> list[bytes]:
-        """Build the packets that should leave now (plaintexts to seal)."""
+    def poll(self, now: float, max_packets: int = 64, hold_tail: int = 0) -> list[bytes]:
+        """Build the packets that should leave now (plaintexts to seal).
+
+        ``hold_tail``: when a stream's last packet was full (bulk) and less
+        than this many new bytes remain, keep them back (``held_back`` is set) so
+        the writer's next bytes fill the packet: a 64 KiB write does not
+        leave a 58-byte runt. The caller flushes them soon regardless.
+        """
         out: list[bytes] = []
+        self._hold_tail = hold_tail
+        self.held_back = False
         while len(out) < max_packets:
             pkt = self._build(now)
             if pkt is None:
                 break
             out.append(pkt)
+        self._hold_tail = 0
         return out
 
     def ack_only(self) -> bool:
@@ -744,6 +759,7 @@ class Connection:
             parts.append(ack)
             size += len(ack)
             self._ack_needed = False
+            self.unacked_received = 0
         if self._max_data_dirty:
             self._max_data_dirty = False
             self._control.append(fr.encode_max_data(self._local_max_data))
@@ -812,7 +828,12 @@ class Connection:
             room = limit - size - fr.STREAM_HEADER
             unsent = st.unsent()
             credit = min(st.peer_max - st.send_next, self._peer_max_data - self._sent_total)
+            if 0 < unsent < self._hold_tail and st.bulk and not st.fin_queued and credit >= unsent:
+                self.held_back = True
+                continue
             n = max(0, min(unsent, credit, room))
+            if n:
+                st.bulk = n == room
             fin = st.fin_queued and not st.fin_sent and n == unsent and room >= 0
             if n > 0 or fin:
                 offset = st.send_next

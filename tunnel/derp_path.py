@@ -9,6 +9,8 @@ on this relay or another, and the sessions' own timers handle the rest.
 
 from __future__ import annotations
 
+from typing import cast
+
 from derp.client import Connected, DerpClient, Packet, PeerGone
 from tunnel.path import Datagram, PathEvent, PathReset
 
@@ -29,9 +31,10 @@ class DerpPath:
         self.peers_gone = 0
         self.resets = 0
 
-    async def send(self, dst: bytes, data: bytes) -> None:
+    async def send(self, dst: bytes, data: bytes | bytearray) -> None:
         """Send one datagram via the relay (dropped while disconnected)."""
-        await self.client.send(dst, data)
+        # The client only reads the buffer (never kept past the write): no copy.
+        await self.client.send(dst, cast(bytes, data))
 
     async def receive(self) -> PathEvent:
         """The next datagram, or ``PathReset`` after a (re)connection."""

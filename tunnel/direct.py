@@ -47,7 +47,7 @@ class DirectLink:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    async def send(self, dst: bytes, data: bytes) -> None:
+    async def send(self, dst: bytes, data: bytes | bytearray) -> None:
         """Send one datagram; drops silently (and marks the link failed) on error."""
         if self.failed:
             await trio.lowlevel.checkpoint()
@@ -59,12 +59,12 @@ class DirectLink:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.failed = True
 
-    async def send_many(self, dst: bytes, datagrams: list[bytes]) -> None:
+    async def send_many(self, dst: bytes, datagrams: list[bytes | bytearray]) -> None:
         """Send several datagrams with one write."""
         if self.failed or not datagrams:
             await trio.lowlevel.checkpoint()
             return
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray] = []
         for d in datagrams:
             parts.append(_LEN.pack(len(d)))
             parts.append(d)

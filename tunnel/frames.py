@@ -74,7 +74,7 @@ class StreamData:
     sid: int
     offset: int
     fin: bool
-    data: bytes
+    data: bytes | memoryview  # a view into the decrypted record: no copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +205,11 @@ def encode_close(code: int, reason: str) -> bytes:
 class _Reader:
     __slots__ = ("buf", "pos")
 
-    def __init__(self, buf: bytes, pos: int) -> None:
+    def __init__(self, buf: memoryview, pos: int) -> None:
         self.buf = buf
         self.pos = pos
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> memoryview:
         end = self.pos + n
         if end > len(self.buf):
             raise ProtocolError("frame_truncated", f"need {n} bytes at {self.pos}")
@@ -218,18 +218,24 @@ class _Reader:
         return out
 
     def unpack(self, st: struct.Struct) -> tuple[int, ...]:
-        return st.unpack(self.take(st.size))
+        end = self.pos + st.size
+        if end > len(self.buf):
+            raise ProtocolError("frame_truncated", f"need {st.size} bytes at {self.pos}")
+        out = st.unpack_from(self.buf, self.pos)
+        self.pos = end
+        return out
 
     def text(self) -> str:
         n = self.take(1)[0]
         try:
-            return self.take(n).decode("utf-8")
+            return bytes(self.take(n)).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError("frame_text", "not UTF-8") from exc
 
 
-def parse(packet: bytes) -> tuple[int, list[Frame]]:
-    """Split a packet into its number and frames.
+def parse(packet: bytes | bytearray | memoryview) -> tuple[int, list[Frame]]:
+    """Split a packet into its number and frames. STREAM data are views
+    into ``packet`` (which must not be changed while they are in use).
 
     Raises:
         ProtocolError: truncated frame, unknown frame type, bad text.
@@ -237,6 +243,7 @@ def parse(packet: bytes) -> tuple[int, list[Frame]]:
     if len(packet) < PN_LEN:
         raise ProtocolError("packet_short", f"{len(packet)} bytes")
     (pn,) = _Q.unpack_from(packet)
+    packet = memoryview(packet)
     r = _Reader(packet, PN_LEN)
     frames: list[Frame] = []
     end = len(packet)

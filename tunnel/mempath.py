@@ -84,7 +84,7 @@ class MemoryPath:
     def queue_event(self, event: PathEvent) -> None:
         self._send.send_nowait(event)
 
-    async def send(self, dst: bytes, data: bytes) -> None:
+    async def send(self, dst: bytes, data: bytes | bytearray) -> None:
         await trio.lowlevel.checkpoint()
         self.net._deliver(self.key, dst, bytes(data))
 

@@ -82,7 +82,7 @@ class ReplayWindow:
             self.bits |= 1 << (self.top - counter)
 
 
-def record_receiver_index(record: bytes) -> int:
+def record_receiver_index(record: bytes | bytearray) -> int:
     """Return the receiver index in a record header.
 
     Raises:
@@ -131,7 +131,7 @@ class Keypair:
             or now >= self.created + lim.reject_after_time
         )
 
-    def seal(self, plaintext: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray) -> bytearray:
         """Encrypt one record.
 
         Raises:
@@ -144,9 +144,13 @@ class Keypair:
         self.bytes_sent += len(plaintext)
         header = self._header + _COUNTER.pack(counter)
         nonce = b"\x00\x00\x00\x00" + header[8:]
-        return header + self._seal.encrypt(nonce, plaintext, header)
+        # One buffer, ciphertext written in place after the header: no copy.
+        out = bytearray(HEADER_LEN + len(plaintext) + TAG_LEN)
+        out[:HEADER_LEN] = header
+        self._seal.encrypt_into(nonce, plaintext, header, memoryview(out)[HEADER_LEN:])
+        return out
 
-    def open(self, record: bytes) -> bytes:
+    def open(self, record: bytes | bytearray) -> bytearray:
         """Decrypt and authenticate one record (its index was already matched).
 
         Raises:
@@ -158,10 +162,12 @@ class Keypair:
         (counter,) = _COUNTER.unpack_from(record, 8)
         if not self.window.check(counter):
             raise RecordError("record_replay", f"counter {counter}")
-        header = record[:HEADER_LEN]
+        view = memoryview(record)
+        header = view[:HEADER_LEN]
         nonce = b"\x00\x00\x00\x00" + record[8:16]
+        plaintext = bytearray(len(record) - RECORD_OVERHEAD)
         try:
-            plaintext = self._open.decrypt(nonce, record[HEADER_LEN:], header)
+            self._open.decrypt_into(nonce, view[HEADER_LEN:], header, plaintext)
         except InvalidTag as exc:
             raise RecordError("record_auth", "tag check failed") from exc
         self.window.update(counter)

@@ -69,6 +69,10 @@ DIAL_TIMEOUT = 5.0
 REHANDSHAKE_AFTER = 3.0
 # How long an ACK may wait for the application's answer to carry it.
 ACK_DELAY = 0.002
+# A bulk writer's runt tail (< HOLD_TAIL bytes after a full packet) waits at
+# most HOLD_DELAY for the next write to fill its packet.
+HOLD_TAIL = 16384
+HOLD_DELAY = 0.001
 
 
 class Session:
@@ -120,6 +124,7 @@ class Session:
         self.finished = trio.Event()
         self._wake = trio.Event()
         self._flushing = False  # a task is inside _flush
+        self._release_tail = False  # next sender flush sends held-back tails
         self._timer_scope = trio.CancelScope()  # the timer task sleeps in it
         self._ack_due = math.inf  # a deferred ACK must leave by then
         self._last_rehandshake = -math.inf
@@ -332,9 +337,15 @@ class Session:
             if isinstance(via, direct.DirectLink):
                 self._confirm(via)
             self.conn.receive(res.plaintext, now)
-            if self._after_input() and self.conn.ack_only() and not self.channel.has_outgoing():
-                # A reader was woken: its read (or answer) sends the ACK;
-                # the timer sends it if nobody does within ACK_DELAY.
+            self._after_input()
+            if (
+                self.conn.ack_only()
+                and self.conn.unacked_received < 2
+                and not self.channel.has_outgoing()
+            ):
+                # Delayed ACK (as QUIC: at once for every second packet):
+                # a woken reader's answer or read carries it; the timer
+                # sends it if nobody does within ACK_DELAY.
                 self._ack_due = min(self._ack_due, now + ACK_DELAY)
                 self._reschedule_timer()
                 return
@@ -385,7 +396,9 @@ class Session:
                 # answer they write carries the ACK in the same packet.
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 self._wake = trio.Event()
-            await self._flush()
+            hold = 0 if self._release_tail else HOLD_TAIL
+            self._release_tail = False
+            await self._flush(hold_tail=hold)
 
     async def flush_now(self) -> None:
         """Send what is ready from the calling task (saves a task switch per
@@ -395,7 +408,7 @@ class Session:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         try:
-            sent = await self._flush()
+            sent = await self._flush(hold_tail=HOLD_TAIL)
         except trio.Cancelled:
             self.wake()  # what was not sent is retransmitted; keep going
             raise
@@ -407,22 +420,26 @@ class Session:
         nobody else will carry) get sent."""
         conn = self.conn
         if conn.ack_only():
-            if self._ack_due == math.inf:
+            if self._ack_due == math.inf or conn.unacked_received >= 2:
                 self.wake()
         elif conn.has_output():
             self.wake()
 
-    async def _flush(self) -> bool:
+    async def _flush(self, hold_tail: int = 0) -> bool:
         """Send everything ready; True if anything was sent (which yielded)."""
         if self._flushing:
             return False
         self._flushing = True
         try:
-            return await self._flush_rounds()
+            return await self._flush_rounds(hold_tail)
         finally:
             self._flushing = False
+            if self.conn.held_back:
+                # the runt tail leaves with the next write, or on the timer
+                self._ack_due = min(self._ack_due, trio.current_time() + HOLD_DELAY)
+                self._reschedule_timer()
 
-    async def _flush_rounds(self) -> bool:
+    async def _flush_rounds(self, hold_tail: int) -> bool:
         self._ack_due = math.inf  # whatever ACK is due leaves now
         sent = False
         channel, conn = self.channel, self.conn
@@ -441,7 +458,7 @@ class Session:
                         await link.send(self.peer_key, record)
                         if link.failed:
                             self.link_lost(link)
-                for packet in conn.poll(now):
+                for packet in conn.poll(now, hold_tail=hold_tail):
                     record = channel.seal(packet, now)
                     if record is not None:
                         out.append(record)
@@ -455,8 +472,8 @@ class Session:
                 if path.failed:
                     self.link_lost(path)
             else:
-                for record in out:
-                    await path.send(self.peer_key, record)
+                for datagram in out:
+                    await path.send(self.peer_key, datagram)
             for sid in conn.take_changed():
                 self._notify(sid)
         return sent
@@ -487,6 +504,7 @@ class Session:
             now = trio.current_time()
             if now >= self._ack_due:
                 self._ack_due = math.inf
+                self._release_tail = True
                 self.wake()
             if now < self._deadline():
                 continue  # woke for the ACK only, or the deadline moved later

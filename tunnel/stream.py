@@ -132,7 +132,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 self._conn.send_eof(self.sid)
                 self._session.wake()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Return the next bytes (b"" at EOF).
 
         Raises:
