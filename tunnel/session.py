@@ -27,6 +27,7 @@ starts.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 
 # Called for each stream the peer opens: returns True, or a refusal reason.
 OnRequest = Callable[["Session", int, str], "bool | str"]
+
+log = logging.getLogger(__name__)
 
 REDIAL_DELAY = 1.0
 DIAL_TIMEOUT = 5.0
@@ -329,6 +332,13 @@ class Session:
         """One datagram from the peer, on any path. Never raises, never blocks."""
         if self.error is not None:
             return
+        try:
+            self._datagram(data, via)
+        except Exception as exc:  # a bug here must end one session, not the process
+            log.exception("tunnel session with %s failed on input", self.peer_key.hex()[:8])
+            self.fail(SessionClosedError("internal_error", repr(exc)))
+
+    def _datagram(self, data: bytes, via: PacketPath) -> None:
         now = trio.current_time()
         res = self.channel.receive(data, now)
         if res.established:

@@ -91,3 +91,60 @@ def test_streams_arrive_intact_over_lossy_link(loss: float) -> None:
         assert hashlib.sha256(got[sid]).digest() == hashlib.sha256(payloads[i]).digest()
     if loss:
         assert sim.a.stats["packets_lost"] > 0
+
+
+# -- hostile but authenticated input: any frame sequence is absorbed ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+from tunnel import frames as fr  # noqa: E402
+
+u32 = hs.integers(min_value=0, max_value=(1 << 32) - 1)
+u64 = hs.integers(min_value=0, max_value=(1 << 64) - 1)
+small = hs.integers(min_value=0, max_value=12)
+text = hs.text(max_size=20)
+frame_bytes = hs.one_of(
+    hs.builds(fr.encode_ping, u64),
+    hs.builds(fr.encode_pong, u64),
+    hs.builds(
+        lambda rs: fr.encode_ack(sorted(((min(a, b), max(a, b)) for a, b in rs), reverse=True)),
+        hs.lists(hs.tuples(hs.integers(0, 50), hs.integers(0, 50)), max_size=5),
+    ),
+    hs.builds(
+        lambda sid, off, fin, data: fr.stream_header(sid, off, fin, len(data)) + data,
+        small,
+        hs.one_of(hs.integers(0, 1 << 20), u64.filter(lambda v: v < (1 << 63))),
+        hs.booleans(),
+        hs.binary(max_size=64),
+    ),
+    hs.builds(fr.encode_open, small, u32, text),
+    hs.builds(fr.encode_open_ok, small, u32),
+    hs.builds(fr.encode_open_refused, small, hs.integers(0, 65535), text),
+    hs.builds(fr.encode_reset, small, hs.integers(0, 65535), u64, text),
+    hs.builds(fr.encode_stop, small, hs.integers(0, 65535)),
+    hs.builds(fr.encode_max_stream_data, small, u64),
+    hs.builds(fr.encode_max_data, u64),
+    hs.builds(fr.encode_close, hs.integers(0, 65535), text),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.lists(hs.tuples(u64, hs.lists(frame_bytes, max_size=6)), max_size=12))
+def test_any_authenticated_frames_never_raise(packets: list[tuple[int, list[bytes]]]) -> None:
+    c = Connection(local_is_low=True, now=0.0)
+    sid = c.open_stream("ssh")
+    c.write(sid, b"x" * 1000)
+    now = 0.0
+    for pn, frames in packets:
+        now += 0.01
+        c.receive(fr.encode_pn(pn) + b"".join(frames), now)
+        for ev in c.take_events():
+            if isinstance(ev, StreamRequest):
+                c.accept(ev.sid)
+        for s in list(c.streams):
+            c.read(s, 100)
+            c.write(s, b"y" * 10)
+        c.poll(now)
+        c.on_timer(now)
+        c.take_changed()
