@@ -227,3 +227,33 @@ async def test_relay_killed_and_restarted_mid_transfer() -> None:
         assert ca.connects >= 2
         assert cb.connects >= 2
         nursery.cancel_scope.cancel()
+
+
+async def test_through_relay_over_websocket_and_upgrade() -> None:
+    """One side behind a proxy that forces the WebSocket fallback, one on the
+    DERP upgrade: the tunnel does not care."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ka, kb = generate_private_key(), generate_private_key()
+    blob = random.Random(4).randbytes(2 << 20)
+    results: dict[str, str] = {}
+    async with relay_process(port), trio.open_nursery() as nursery:
+        ca = DerpClient(url, ka, force_websocket=True)
+        cb = DerpClient(url, kb)
+        with trio.fail_after(20):
+            await nursery.start(ca.run)
+            await nursery.start(cb.run)
+        assert ca.transport == "websocket"
+        a = Endpoint(ka, relay=DerpPath(ca))
+        b = Endpoint(kb, relay=DerpPath(cb))
+        a.set_peer(b.public_key)
+        b.set_peer(a.public_key)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        nursery.start_soon(b.serve, await sink_into(results))
+        with trio.fail_after(60):
+            stream = await a.open_stream(b.public_key, "blob")
+            await send_blob(stream, blob, {})
+            assert await a.ping(b.public_key) > 0
+        assert results["blob"] == hashlib.sha256(blob).hexdigest()
+        nursery.cancel_scope.cancel()
