@@ -10,12 +10,14 @@ from coderd.store.base import (
     Job,
     JobStatus,
     LogLine,
+    NotFound,
     Resource,
     Store,
     Template,
     TemplateVersion,
     User,
     Workspace,
+    WorkspaceDetail,
 )
 
 
@@ -127,23 +129,27 @@ def workspace_status(b: Build | None, job: Job | None) -> str:
     return _WORKSPACE_STATUS.get((b.transition, status), status.value)
 
 
-async def workspace(store: Store, w: Workspace) -> dict[str, Any]:
-    owner = await store.get_user(w.owner_id)
-    tmpl = await store.get_template(w.template_id)
-    latest = await store.latest_build(w.id)
-    job = await store.get_job(latest.job_id) if latest else None
+def workspace_detail(d: WorkspaceDetail) -> dict[str, Any]:
+    w = d.workspace
     return {
         "id": w.id,
         "name": w.name,
         "owner_id": w.owner_id,
-        "owner_name": owner.username if owner else "",
+        "owner_name": d.owner_name,
         "template_id": w.template_id,
-        "template_name": tmpl.name if tmpl else "",
+        "template_name": d.template_name,
         "created_at": w.created_at,
         "deleted": w.deleted,
-        "status": workspace_status(latest, job),
-        "latest_build": build(latest, job) if latest else None,
+        "status": workspace_status(d.latest_build, d.latest_job),
+        "latest_build": build(d.latest_build, d.latest_job) if d.latest_build else None,
     }
+
+
+async def workspace(store: Store, w: Workspace) -> dict[str, Any]:
+    found = await store.workspace_details(workspace_id=w.id)
+    if not found:
+        raise NotFound(f"no workspace {w.id}")
+    return workspace_detail(found[0])
 
 
 def log_line(ln: LogLine) -> dict[str, Any]:

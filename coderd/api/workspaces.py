@@ -57,8 +57,8 @@ async def create_workspace(call: Call) -> Response:
 
 async def list_workspaces(call: Call) -> Response:
     everyone = call.query("owner") == "all" and has_role(call.user, Role.OWNER)
-    found = await call.cd.store.list_workspaces(None if everyone else call.user.id)
-    return Response.json(200, [await views.workspace(call.cd.store, w) for w in found])
+    found = await call.cd.store.workspace_details(owner_id=None if everyone else call.user.id)
+    return Response.json(200, [views.workspace_detail(d) for d in found])
 
 
 async def get_workspace(call: Call) -> Response:

@@ -212,6 +212,17 @@ class Agent:
 
 
 @dataclass(frozen=True)
+class WorkspaceDetail:
+    """A workspace with what its listing shows, read in one transaction."""
+
+    workspace: Workspace
+    owner_name: str
+    template_name: str
+    latest_build: Build | None
+    latest_job: Job | None
+
+
+@dataclass(frozen=True)
 class Daemon:
     id: str
     name: str
@@ -326,6 +337,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_workspaces(self, owner_id: str | None) -> list[Workspace]: ...
+
+    @abc.abstractmethod
+    async def workspace_details(
+        self, *, owner_id: str | None = None, workspace_id: str | None = None
+    ) -> list[WorkspaceDetail]:
+        """Live workspaces (of one owner, or one by id even if deleted) with their
+        owner's and template's names and latest build and job."""
 
     @abc.abstractmethod
     async def mark_workspace_deleted(self, workspace_id: str) -> None: ...

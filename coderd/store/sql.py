@@ -40,12 +40,21 @@ from coderd.store.base import (
     TemplateVersion,
     User,
     Workspace,
+    WorkspaceDetail,
     tags_match,
 )
 from coderd.store.db import Database, Row, Tx
 
 T = TypeVar("T")
 ACQUIRE_SCAN = 50  # pending jobs looked at per acquire attempt
+_BUILD_COLUMNS = (
+    "id", "workspace_id", "template_version_id", "build_number", "transition",
+    "initiator_id", "job_id", "variables", "created_at",
+)
+_JOB_COLUMNS = (
+    "id", "kind", "input", "tags", "created_at", "started_at", "completed_at",
+    "cancel_requested_at", "heartbeat_at", "daemon_id", "error", "result",
+)
 
 
 def new_id() -> str:
@@ -508,6 +517,49 @@ class SqlStore(Store):
                     owner_id,
                 )
             return [_workspace(r) for r in rows]
+
+        return await self._tx(q)
+
+    async def workspace_details(
+        self, *, owner_id: str | None = None, workspace_id: str | None = None
+    ) -> list[WorkspaceDetail]:
+        # One query: each workspace joined with its latest build and that build's job.
+        sql = (
+            "SELECT w.*, u.username AS owner_name, t.name AS template_name, "  # noqa: S608
+            + ", ".join(f"b.{c} AS b_{c}" for c in _BUILD_COLUMNS)
+            + ", "
+            + ", ".join(f"j.{c} AS j_{c}" for c in _JOB_COLUMNS)
+            + " FROM workspaces w JOIN users u ON u.id = w.owner_id"
+            " JOIN templates t ON t.id = w.template_id"
+            " LEFT JOIN workspace_builds b ON b.workspace_id = w.id AND b.build_number ="
+            " (SELECT MAX(build_number) FROM workspace_builds WHERE workspace_id = w.id)"
+            " LEFT JOIN provisioner_jobs j ON j.id = b.job_id"
+        )
+
+        async def q(tx: Tx) -> list[WorkspaceDetail]:
+            if workspace_id is not None:
+                rows = await tx.fetchall(sql + " WHERE w.id = ?", workspace_id)
+            elif owner_id is not None:
+                rows = await tx.fetchall(
+                    sql + " WHERE w.deleted = 0 AND w.owner_id = ? ORDER BY w.created_at",
+                    owner_id,
+                )
+            else:
+                rows = await tx.fetchall(sql + " WHERE w.deleted = 0 ORDER BY w.created_at")
+            out: list[WorkspaceDetail] = []
+            for r in rows:
+                b = {c: r[f"b_{c}"] for c in _BUILD_COLUMNS}
+                j = {c: r[f"j_{c}"] for c in _JOB_COLUMNS}
+                out.append(
+                    WorkspaceDetail(
+                        _workspace(r),
+                        r["owner_name"],
+                        r["template_name"],
+                        _build(b) if b["id"] is not None else None,
+                        _job(j) if j["id"] is not None else None,
+                    )
+                )
+            return out
 
         return await self._tx(q)
 

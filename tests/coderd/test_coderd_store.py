@@ -120,6 +120,12 @@ async def test_workspaces_and_builds(opened: Opened) -> None:
     b2, _ = await store.create_build(wsid, vid, "stop", uid, {}, {}, {}, "x")
     assert b2.build_number == 2
     assert (await store.latest_build(wsid)) == b2
+    [detail] = await store.workspace_details(owner_id=uid)
+    assert detail.latest_build == b2
+    assert detail.latest_job is not None
+    assert detail.latest_job.id == b2.job_id
+    assert (detail.owner_name, detail.template_name) == ("alice", "t")
+    assert await store.workspace_details(owner_id="nobody") == []
     assert [b.id for b in await store.list_builds(wsid)] == [build.id, b2.id]
     assert (await store.get_build_by_job(job.id)) == build
     assert await store.get_build_agent_token_hash(build.id) == "tokhash"
