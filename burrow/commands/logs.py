@@ -30,8 +30,15 @@ def run(args: argparse.Namespace) -> int:
             print("No builds yet.")
             return 0
         after = 0
+        if args.follow:
+            print(f"== build #{build.get('build_number')} {build.get('transition')}: "
+                  f"{build.get('status')}", file=sys.stderr, flush=True)
+        status = build.get("status")
         for _ in range(MAX_FOLLOW_POLLS):
             page = await client.build_logs(build["id"], after, FOLLOW_WAIT if args.follow else 0)
+            if args.follow and page["status"] != status and not page["done"]:
+                status = page["status"]
+                print(f"== {status}", file=sys.stderr, flush=True)
             for line in page["logs"]:
                 stream = sys.stderr if line["level"] == "error" else sys.stdout
                 print(line["output"], file=stream, flush=True)
