@@ -289,3 +289,43 @@ async def test_peer_restart_fails_old_streams_fast_and_new_ones_work(
             await s2.send_all(b"again")
             assert await s2.receive_some() == b"again"
         outer.cancel_scope.cancel()
+
+
+async def test_peer_moves_to_another_relay_mid_transfer() -> None:
+    relay1, relay2 = MemoryNetwork(), MemoryNetwork()
+    a = Endpoint(generate_private_key())
+    b = Endpoint(generate_private_key())
+    a.add_relay(relay1.attach(a.public_key))
+    a.add_relay(relay2.attach(a.public_key), "relay2")
+    b.add_relay(relay1.attach(b.public_key))
+    a.set_peer(b.public_key)
+    b.set_peer(a.public_key)
+    blob = random.Random(8).randbytes(8 << 20)
+    results: dict[str, str] = {}
+
+    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
+        h = hashlib.sha256()
+        while data := await stream.receive_some():
+            h.update(data)
+        results[service] = h.hexdigest()
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        nursery.start_soon(b.serve, sink)
+        with trio.fail_after(30):
+            s = await a.open_stream(b.public_key, "blob")
+            view = memoryview(blob)
+            half = len(blob) // 2
+            await s.send_all(view[:half])
+            # b re-homes: relay1 forgets it, it is now reachable on relay2 only
+            del relay1.paths[b.public_key]
+            b.add_relay(relay2.attach(b.public_key))
+            a.set_peer(b.public_key, relay_url="relay2")
+            await s.send_all(view[half:])
+            await s.send_eof()
+            assert await s.receive_some() == b""
+        nursery.cancel_scope.cancel()
+    assert results["blob"] == hashlib.sha256(blob).hexdigest()
+    assert relay2.counts["sent"] > 0
