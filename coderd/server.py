@@ -22,6 +22,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,45 +151,30 @@ async def _provisioners(
 async def _builtin_daemons(
     url: str, psk: str, config: ServerConfig, data_dir: Path, nursery: trio.Nursery
 ) -> int:
-    """Start ``config.provisioner_daemons`` built-in daemons (the hook D2 fills).
+    """Start ``config.provisioner_daemons`` built-in daemons; returns how many.
 
-    Uses ``provisionerd.daemon.ProvisionerDaemon`` connecting back to ``url``
-    over the same WebSocket endpoint external daemons use.  Returns how many
-    were started.
+    They are ``provisionerd.builtin.run_builtin_daemons``: the same daemon and
+    WebSocket path as ``burrow provisionerd start``, keyed with ``psk``.  The
+    server reports ready only after every one was welcomed.
     """
     if config.provisioner_daemons <= 0:
         return 0
     try:
-        daemon_mod = importlib.import_module("provisionerd.daemon")
-        proto = importlib.import_module("provisionerd.protocol")
-        import trio_websocket
+        from provisionerd.builtin import run_builtin_daemons
     except ImportError as exc:
         log.warning("built-in provisioners unavailable: %s", exc)
         return 0
-    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + proto.PATH
-
-    async def connect() -> Any:
-        return await trio_websocket.connect_websocket_url(
-            nursery,
-            ws_url,
-            subprotocols=[proto.SUBPROTOCOL],
-            extra_headers=[(str(proto.PSK_HEADER).encode(), psk.encode())],
-            message_queue_size=64,
-            max_message_size=proto.MAX_MESSAGE,
-        )
-
-    workdirs = data_dir / "provisioner-work"
-    workdirs.mkdir(parents=True, exist_ok=True)
-    for i in range(config.provisioner_daemons):
-        daemon = daemon_mod.ProvisionerDaemon(
-            connect,
-            name=f"built-in-{i}",
-            tags=config.provisioner_tags,
-            workdir_root=workdirs,
+    await nursery.start(
+        partial(
+            run_builtin_daemons,
+            url,
             psk=psk,
+            count=config.provisioner_daemons,
+            workdir_root=data_dir / "provisioner-work",
+            tags=config.provisioner_tags,
         )
-        nursery.start_soon(daemon.run)
-    return int(config.provisioner_daemons)
+    )
+    return config.provisioner_daemons
 
 
 def default_data_dir() -> str:
