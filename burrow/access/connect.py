@@ -181,6 +181,13 @@ class WorkspaceConnection:
         return self.endpoint.path_of(self.agent_key)
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """The only exception inside (nested) single-member groups, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _coordinate_url(client: Client, agent_id: str) -> str:
     base = client.url
     scheme = "wss://" if base.startswith("https://") else "ws://"
@@ -264,25 +271,33 @@ async def connect(
                               progress=progress)
     key = generate_private_key()
     endpoint = Endpoint(key)
-    async with trio.open_nursery() as nursery:
-        ws = await _open_coordinator(nursery, client, target)
-        try:
-            conn = await _join(nursery, ws, target, key, endpoint, force_websocket, deadline,
-                               progress)
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await _open_coordinator(nursery, client, target)
+            try:
+                conn = await _join(nursery, ws, target, key, endpoint, force_websocket, deadline,
+                                   progress)
+            except BaseException:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+                raise
+            finally:
+                progress.done()
+            try:
+                yield conn
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await endpoint.aclose()
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Our nursery wraps whatever the caller's block raised (strict
+        # exception groups): hand back the single error itself.
+        leaf = unwrap(group)
+        if leaf is group:
             raise
-        finally:
-            progress.done()
-        try:
-            yield conn
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await endpoint.aclose()
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
+        raise leaf from None
 
 
 async def _join(

@@ -23,14 +23,23 @@ def run_access(name: str, fn: Callable[[], Awaitable[int]]) -> int:
     """Run ``await fn()``; every expected failure is one line on stderr and exit 1."""
     import trio
 
-    from burrow.access.connect import AccessError
+    from burrow.access.connect import AccessError, unwrap
     from burrow.api_client import ApiError, ConnectError, NotLoggedIn
 
+    expected = (AccessError, ApiError, ConnectError, NotLoggedIn)
     try:
         return int(trio.run(fn))
-    except (AccessError, ApiError, ConnectError, NotLoggedIn) as exc:
+    except expected as exc:
         sys.stderr.write(f"burrow {name}: {exc}\n")
         return 1
+    except BaseExceptionGroup as group:
+        leaf = unwrap(group)
+        if isinstance(leaf, expected):
+            sys.stderr.write(f"burrow {name}: {leaf}\n")
+            return 1
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        raise
 
 
 def connect_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -39,16 +39,17 @@ def register(sub: Any) -> None:
                    help="relay the agent's SSH service on stdin/stdout (for ProxyCommand)")
     add_access_flags(p)
     p.add_argument("workspace", help="name, owner.name or id")
-    p.add_argument("command", nargs=argparse.REMAINDER,
-                   help="command to run instead of a login shell (after --)")
+    p.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="command",
+                   help="command to run instead of a login shell (options go before the "
+                   "workspace; everything after it is the command)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
+    if args.remote_command and args.remote_command[0] == "--":
+        args.remote_command = args.remote_command[1:]
     if args.stdio:
-        if args.command:
+        if args.remote_command:
             raise UsageError("--stdio takes no command")
         return _run_stdio(args)
     return _run_interactive(args)
@@ -152,7 +153,7 @@ def _run_interactive(args: argparse.Namespace) -> int:
     argv = [ssh]
     for option in options:
         argv += ["-o", option]
-    argv += [alias, *args.command]
+    argv += [alias, *args.remote_command]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(ssh, argv)  # noqa: S606 -- ssh's exit status becomes ours

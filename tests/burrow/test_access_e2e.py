@@ -1,0 +1,227 @@
+"""The access commands end to end on loopback, with real processes.
+
+A real ``burrow server`` (embedded relay, built-in provisioner running real
+Terraform) holds a workspace ``dev``; the test plays its agent in process
+(``tests/burrow/access_world.py``: coordinator + relay + tunnel endpoint
+serving E's SSHServer and ServiceRouter).  The REAL OpenSSH client then goes
+through ``burrow config-ssh``'s ProxyCommand (``burrow ssh --stdio``), and
+``burrow port-forward``, ``ping``, ``speedtest`` and ``netcheck`` run as CLI
+processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.burrow.access_world import World, in_test_agent, running_world
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed"),
+    pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("access")) as w:
+        yield w
+
+
+async def run(world: World, *argv: str, timeout: float = 60,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(timeout):
+        return await trio.run_process(
+            list(argv), capture_stdout=True, capture_stderr=True, check=False,
+            env={**world.env, **(env or {})}, stdin=subprocess.DEVNULL,
+        )
+
+
+async def burrow(world: World, *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return await run(world, sys.executable, "-m", "burrow.cli", *args, **kw)  # type: ignore[arg-type]
+
+
+def _ssh_config(world: World) -> Path:
+    path = world.tmp / "home" / ".ssh" / "config"
+    if not path.exists():
+        proc = world.cli("config-ssh", "--ssh-config-file", str(path))
+        assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_config_ssh_idempotent_dry_run_and_preserving(world: World) -> None:
+    path = world.tmp / "cfgtest" / "config"
+    path.parent.mkdir()
+    user = "Host *\n  ServerAliveInterval 7\n# no newline at end"
+    path.write_text(user)
+    dry = world.ok("config-ssh", "--ssh-config-file", str(path), "--dry-run")
+    assert "+Host burrow.dev\n" in dry
+    assert path.read_text() == user  # dry run wrote nothing
+    out = world.ok("config-ssh", "--ssh-config-file", str(path))
+    assert "ssh burrow.dev" in out
+    text = path.read_text()
+    assert text.startswith(user + "\n")
+    assert "ProxyCommand env BURROW_CONFIG_DIR=" in text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert "up to date" in world.ok("config-ssh", "--ssh-config-file", str(path))
+    assert path.read_text() == text
+    assert world.ok("config-ssh", "--ssh-config-file", str(path), "--dry-run") == ""
+    # a damaged block is refused, not guessed at
+    path.write_text(text.replace("# ------------END-BURROW-------------\n", ""))
+    proc = world.cli("config-ssh", "--ssh-config-file", str(path))
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "damaged" in proc.stderr
+
+
+async def test_openssh_through_proxycommand(world: World, tmp_path: Path) -> None:
+    """ssh runs a command with its exit code, stdin flows, scp both ways is intact."""
+    cfg = _ssh_config(world)
+    workdir = tmp_path / "ws"
+    workdir.mkdir()
+    ssh = ["ssh", "-F", str(cfg), "-o", "BatchMode=yes"]
+    async with in_test_agent(world, ssh_workdir=workdir) as agent:
+        proc = await run(world, *ssh, "burrow.dev", "echo hello; exit 3")
+        assert proc.returncode == 3, proc.stderr.decode()
+        assert proc.stdout == b"hello\n"
+        assert agent.clients  # the coordinator told the agent our key
+
+        blob = os.urandom(3 << 20)
+        src = tmp_path / "up.bin"
+        src.write_bytes(blob)
+        scp = ["scp", "-F", str(cfg), "-o", "BatchMode=yes"]
+        proc = await run(world, *scp, str(src), "burrow.dev:up.bin")
+        assert proc.returncode == 0, proc.stderr
+        assert hashlib.sha256((workdir / "up.bin").read_bytes()).digest() == \
+            hashlib.sha256(blob).digest()
+        proc = await run(world, *scp, "burrow.dev:up.bin", str(tmp_path / "down.bin"))
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "down.bin").read_bytes() == blob
+
+        # with WebSockets forced, the same
+        proc = await run(world, *ssh, "burrow.dev", "cat | wc -c", env={
+            "BURROW_FORCE_WEBSOCKETS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == b"0"
+
+
+async def test_ssh_stdio_errors_are_one_line_and_stdout_stays_clean(world: World) -> None:
+    proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "2", "nope")
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    proc = await burrow(world, "ssh", "--stdio", "dev", "extra")
+    assert proc.returncode == 2
+    # no agent connected (none running now): waits, then says so in one line
+    proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "1.5", "dev")
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert b"did not connect in time" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _http_server(nursery: trio.Nursery) -> int:
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                data += chunk
+            path = data.split(b" ", 2)[1]
+            body = b"you asked for " + path
+            await stream.send_all(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def _get(port: int, path: str) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET %s HTTP/1.0\r\n\r\n" % path.encode())
+        out = b""
+        while chunk := await stream.receive_some(65536):
+            out += chunk
+    return out
+
+
+async def test_port_forward_several_concurrent_requests(world: World, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery, in_test_agent(world, ssh_workdir=tmp_path) as _:
+        http_port = await _http_server(nursery)
+        local = _free_port()
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "burrow.cli", "port-forward", "dev",
+             "--tcp", f"{local}:{http_port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            assert proc.stdout is not None
+            with trio.fail_after(30):
+                first = await proc.stdout.receive_some(4096)
+            assert f"Forwarding 127.0.0.1:{local} -> dev:{http_port}".encode() in first
+            results: dict[int, bytes] = {}
+
+            async def one(i: int) -> None:
+                results[i] = await _get(local, f"/r{i}")
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as reqs:
+                    for i in range(8):
+                        reqs.start_soon(one, i)
+            for i in range(8):
+                assert results[i].startswith(b"HTTP/1.0 200 OK"), results[i]
+                assert results[i].endswith(b"you asked for /r%d" % i)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)
+                with trio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_ping_speedtest_netcheck(world: World, tmp_path: Path) -> None:
+    async with in_test_agent(world, ssh_workdir=tmp_path):
+        proc = await burrow(world, "ping", "dev", "-n", "3", "--interval", "0.1")
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, (out, proc.stderr)
+        assert out.count("pong from dev via relay primary over derp in ") == 3, out
+        assert "3 pings, 3 answered" in out
+        proc = await burrow(world, "ping", "dev", "-n", "1", env={"BURROW_FORCE_WEBSOCKETS": "1"})
+        assert "over websocket" in proc.stdout.decode(), proc.stdout
+
+        proc = await burrow(world, "speedtest", "dev", "--size", "4")
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, (out, proc.stderr)
+        assert "upload   4 MiB in " in out
+        assert "download 4 MiB in " in out
+
+    proc = await burrow(world, "netcheck", "--count", "2")
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, (out, proc.stderr)
+    assert "(home)" in out
+    assert "Home region: 1 (primary)" in out
