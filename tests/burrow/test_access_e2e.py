@@ -116,6 +116,24 @@ async def test_openssh_through_proxycommand(world: World, tmp_path: Path) -> Non
         assert proc.stdout.strip() == b"0"
 
 
+async def test_burrow_ssh_execs_openssh_and_propagates_the_exit_code(
+    world: World, tmp_path: Path
+) -> None:
+    async with in_test_agent(world, ssh_workdir=tmp_path):
+        proc = await burrow(world, "ssh", "dev", "--", "echo", "hi;", "exit", "4")
+        assert proc.returncode == 4, proc.stderr
+        assert proc.stdout == b"hi\n"
+        # the agent's host key was pinned per workspace, and a second run checks it
+        pinned = list((Path(world.env["BURROW_CONFIG_DIR"]) / "known_hosts.d").iterdir())
+        assert len(pinned) == 1
+        assert b" ssh-ed25519 " in pinned[0].read_bytes()
+        proc = await burrow(world, "ssh", "dev", "true")
+        assert proc.returncode == 0, proc.stderr
+    proc = await burrow(world, "ssh", "nope")
+    assert proc.returncode == 1
+    assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr
+
+
 async def test_ssh_stdio_errors_are_one_line_and_stdout_stays_clean(world: World) -> None:
     proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "2", "nope")
     assert proc.returncode == 1
