@@ -197,11 +197,20 @@ class Session:
         sid = conn.open_stream(service)
         st = conn.streams[sid]
         self.wake()
-        while st.phase is StreamPhase.OPENING:
-            await self.wait_stream(sid)
-            self._check()
-            if conn is not self.conn:
-                raise SessionClosedError("peer_restarted", "peer restarted while opening")
+        try:
+            while st.phase is StreamPhase.OPENING:
+                await self.wait_stream(sid)
+                self._check()
+                if conn is not self.conn:
+                    raise SessionClosedError("peer_restarted", "peer restarted while opening")
+        except BaseException:
+            # Cancelled (or failed) while opening: abandon the stream so the
+            # peer's side does not wait forever.
+            if st.phase is StreamPhase.OPENING and conn is self.conn:
+                conn.reset(sid, ErrorCode.CLOSED, "open abandoned")
+                conn.close_read(sid)
+                self.wake()
+            raise
         if st.phase is StreamPhase.REFUSED:
             assert st.error is not None
             raise StreamRefusedError(*st.error)

@@ -329,3 +329,17 @@ async def test_peer_moves_to_another_relay_mid_transfer() -> None:
         nursery.cancel_scope.cancel()
     assert results["blob"] == hashlib.sha256(blob).hexdigest()
     assert relay2.counts["sent"] > 0
+
+
+async def test_cancelled_open_resets_the_accepted_side() -> None:
+    net = MemoryNetwork()
+    async with pair(net) as (a, b):
+        net.up = False  # the OPEN is delayed until after we give up
+        with trio.move_on_after(0.05):
+            await a.open_stream(b.public_key, "slow")
+        net.up = True
+        with trio.fail_after(10):
+            _, service, stream = await b.accept()
+            assert service == "slow"
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.receive_some()
