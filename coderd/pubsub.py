@@ -46,12 +46,16 @@ class Fanout:
         subs.add(send)
         return len(subs) == 1
 
-    def remove(self, channel: str, send: trio.MemorySendChannel[str]) -> None:
+    def remove(self, channel: str, send: trio.MemorySendChannel[str]) -> bool:
+        """Unregister; True if that was the channel's last local subscriber."""
         subs = self._subs.get(channel)
-        if subs is not None:
-            subs.discard(send)
-            if not subs:
-                del self._subs[channel]
+        if subs is None or send not in subs:
+            return False
+        subs.discard(send)
+        if not subs:
+            del self._subs[channel]
+            return True
+        return False
 
     def deliver(self, channel: str, message: str) -> None:
         for send in list(self._subs.get(channel, ())):
@@ -67,11 +71,16 @@ class Subscription:
     """An async iterator of one channel's messages; also an async context manager."""
 
     def __init__(
-        self, fanout: Fanout, channel: str, on_first: Callable[[str], Awaitable[None]]
+        self,
+        fanout: Fanout,
+        channel: str,
+        on_first: Callable[[str], Awaitable[None]],
+        on_last: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.channel = channel
         self._fanout = fanout
         self._on_first = on_first
+        self._on_last = on_last
         self._send, self._recv = trio.open_memory_channel[str](SUBSCRIBER_BUFFER)
         self._open = False
 
@@ -91,8 +100,11 @@ class Subscription:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._fanout.remove(self.channel, self._send)
+        last = self._fanout.remove(self.channel, self._send)
         self._send.close()
+        if last and self._on_last is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._on_last(self.channel)
 
     def __aiter__(self) -> Subscription:
         return self

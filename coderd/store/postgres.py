@@ -161,6 +161,18 @@ class _Listener:
                 await self._conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
                 self._channels.add(channel)
 
+    async def unlisten(self, channel: str) -> None:
+        async with self._lock:
+            if channel in self._channels:
+                await self._conn.execute(
+                    pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel))
+                )
+                self._channels.discard(channel)
+
+    @property
+    def channels(self) -> int:
+        return len(self._channels)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -214,7 +226,15 @@ class PostgresPubsub(Pubsub):
         async def listen(ch: str) -> None:
             await self._bridge.run(lambda: self._listener.listen(ch))
 
-        return Subscription(self.fanout, channel, listen)
+        async def unlisten(ch: str) -> None:
+            await self._bridge.run(lambda: self._listener.unlisten(ch))
+
+        return Subscription(self.fanout, channel, listen, unlisten)
+
+    @property
+    def listening(self) -> int:
+        """How many channels the listener connection LISTENs on (for tests)."""
+        return self._listener.channels
 
     async def aclose(self) -> None:
         await self._bridge.run(self._listener.close)

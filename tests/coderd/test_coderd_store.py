@@ -275,3 +275,21 @@ async def test_store_opens_with_trio_asyncio_imported(tmp_path: object) -> None:
         assert await o.store.count_users() == 0
     finally:
         await o.aclose()
+
+
+async def test_pubsub_stops_listening_when_the_last_subscriber_leaves(opened: Opened) -> None:
+    pubsub = opened.pubsub
+    listening = getattr(pubsub, "listening", None)
+    with trio.fail_after(10):
+        async with pubsub.subscribe("a") as one, pubsub.subscribe("a") as two:
+            await pubsub.publish("a", "x")
+            assert await one.__anext__() == "x"
+            assert await two.__anext__() == "x"
+            if listening is not None:
+                assert pubsub.listening == 1  # type: ignore[attr-defined]
+        if listening is not None:
+            assert pubsub.listening == 0  # type: ignore[attr-defined]
+        # and a new subscriber still receives
+        async with pubsub.subscribe("a") as three:
+            await pubsub.publish("a", "y")
+            assert await three.__anext__() == "y"
