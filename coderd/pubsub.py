@@ -38,6 +38,8 @@ class Fanout:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[trio.MemorySendChannel[str]]] = {}
+        # Set once the backend listens on the channel; later subscribers wait on it.
+        self.ready: dict[str, trio.Event] = {}
         self.dropped = 0
 
     def add(self, channel: str, send: trio.MemorySendChannel[str]) -> bool:
@@ -54,6 +56,7 @@ class Fanout:
         subs.discard(send)
         if not subs:
             del self._subs[channel]
+            self.ready.pop(channel, None)
             return True
         return False
 
@@ -88,7 +91,15 @@ class Subscription:
         if not self._open:
             self._open = True
             if self._fanout.add(self.channel, self._send):
-                await self._on_first(self.channel)
+                ready = self._fanout.ready[self.channel] = trio.Event()
+                try:
+                    await self._on_first(self.channel)
+                finally:
+                    ready.set()
+            else:
+                event = self._fanout.ready.get(self.channel)
+                if event is not None:
+                    await event.wait()
         return self
 
     async def __aexit__(
