@@ -571,8 +571,16 @@ class Connection:
         st = self.streams.get(f.sid)
         if st is None or st.recv_reset:
             return
-        if f.final_size > st.recv_high:
-            grow = f.final_size - st.recv_high
+        grow = f.final_size - st.recv_high
+        if (
+            grow < 0
+            or f.final_size > st.local_max
+            or self._recv_total + grow > self._local_max_data
+            or (st.fin_offset is not None and f.final_size != st.fin_offset)
+        ):
+            self.stats["flow_violations"] += 1  # a final size it could not have sent
+            return
+        if grow:
             self._recv_total += grow
             st.recv_high = f.final_size
         st.recv_reset = True
