@@ -787,7 +787,11 @@ class Connection:
                 self._last_progress = now
         self._pn += 1
         self.stats["packets_sent"] += 1
-        return b"".join(parts)
+        packet = b"".join(parts)  # the one copy of the payload
+        for part in parts:
+            if isinstance(part, memoryview):
+                part.release()  # st.buf may be resized again
+        return packet
 
     def _fill_streams(
         self,
@@ -825,7 +829,7 @@ class Connection:
                 if end == offset and not fin:
                     continue
                 lo = offset - st.send_base
-                chunk = st.buf[lo : lo + (end - offset)]
+                chunk = memoryview(st.buf)[lo : lo + (end - offset)]
                 parts.append(fr.stream_header(sid, offset, fin, end - offset))
                 parts.append(chunk)
                 size += fr.STREAM_HEADER + (end - offset)
@@ -847,7 +851,7 @@ class Connection:
                 offset = st.send_next
                 lo = offset - st.send_base
                 parts.append(fr.stream_header(sid, offset, fin, n))
-                parts.append(st.buf[lo : lo + n])
+                parts.append(memoryview(st.buf)[lo : lo + n])
                 size += fr.STREAM_HEADER + n
                 st.send_next += n
                 self._sent_total += n
