@@ -32,7 +32,7 @@ from coderd import builds, metrics
 from coderd.api.app import make_router
 from coderd.archive import MAX_UPLOAD
 from coderd.deps import Coderd, use
-from coderd.store.base import Store
+from coderd.store.base import Store, StoreError
 from coderd.store.factory import open_store
 from derp.keys import key_to_hex
 from relay.frontdoor import FrontDoor
@@ -177,6 +177,18 @@ async def _builtin_daemons(
     return config.provisioner_daemons
 
 
+async def _expire_keys(store: Store, every: float = 3600.0) -> None:
+    """Forever: drop expired session and API tokens (they are refused anyway)."""
+    while True:
+        try:
+            n = await store.delete_expired_api_keys(time.time())
+            if n:
+                log.info("removed %d expired session/API token(s)", n)
+        except StoreError as exc:
+            log.error("token cleanup: %s", exc)
+        await trio.sleep(every)
+
+
 def default_data_dir() -> str:
     """``$XDG_DATA_HOME/burrow``, else ``~/.local/share/burrow``."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
@@ -201,7 +213,7 @@ async def run_server(
     try:
         if opened.migrations_applied:
             log.info("database migrated to version %d", max(opened.migrations_applied))
-        cd = Coderd(store, opened.pubsub, config.access_url, dict(config.provisioner_tags))
+        cd = Coderd(store, opened.pubsub, config.access_url)
         use(cd)
         node = RelayNode(RelayConfig(listen=config.listen, tls_cert=config.tls_cert or None,
                                      tls_key=config.tls_key or None))
@@ -211,6 +223,7 @@ async def run_server(
         started = time.time()
         async with trio.open_nursery() as nursery:
             prov = await _provisioners(cd, config, door, nursery)
+            nursery.start_soon(_expire_keys, store)
             url: str = await nursery.start(node.serve)
             if not cd.access_url:
                 cd.access_url = url

@@ -31,6 +31,28 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def parse_tags(raw: Any) -> dict[str, str]:
+    """``k=v,k2=v2`` (or a YAML mapping) -> tags.  Raises ValueError."""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    tags: dict[str, str] = {}
+    for item in str(raw).split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"tags are k=v pairs separated by commas, got {item!r}")
+        tags[key] = value
+    return tags
+
+
+parse_tags.__name__ = "k=v list"
+_OPTIONS.append(
+    ("--provisioner-tags", "provisioner_tags", parse_tags,
+     "k=v,... tags of the built-in daemons (a job goes to daemons having all its template's tags)"),
+)
+
+
 # Shown in --help; the values themselves live in coderd.server.ServerConfig
 # (imported only when the command runs, to keep `burrow --help` light).
 _DEFAULTS = {

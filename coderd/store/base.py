@@ -286,6 +286,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_api_key(self, key_id: str) -> bool: ...
 
+    @abc.abstractmethod
+    async def delete_expired_api_keys(self, now: float) -> int:
+        """Remove keys that expired before ``now``; returns how many."""
+
     # -- templates -------------------------------------------------------
 
     @abc.abstractmethod

@@ -355,6 +355,12 @@ class SqlStore(Store):
 
         return await self._tx(q, write=True)
 
+    async def delete_expired_api_keys(self, now: float) -> int:
+        async def q(tx: Tx) -> int:
+            return await tx.execute("DELETE FROM api_keys WHERE expires_at < ?", now)
+
+        return await self._tx(q, write=True)
+
     # -- templates -------------------------------------------------------
 
     async def create_template_version(

@@ -166,6 +166,7 @@ def test_cli_usage_and_connection_errors(tmp_path: Path) -> None:
     assert one_line_error(cli(fake, "login", "ftp://x"), code=2)
     assert one_line_error(cli(fake, "server", "--log-format", "xml"), code=2)
     assert one_line_error(cli(fake, "server", "--provisioner-daemons", "many"), code=2)
+    assert one_line_error(cli(fake, "server", "--provisioner-tags", "zone"), code=2)
     err = one_line_error(cli(fake, "server", "--listen", "127.0.0.1:0", "--data-dir",
                              str(tmp_path / "d"), "--postgres-url",
                              "postgresql://nobody@127.0.0.1:9/x"))
@@ -184,7 +185,8 @@ def test_cli_usage_and_connection_errors(tmp_path: Path) -> None:
 
 def test_server_yaml_config_env_and_ctrl_c(tmp_path: Path) -> None:
     cfg = tmp_path / "server.yaml"
-    cfg.write_text("listen: 127.0.0.1:1\nlog-format: json\nprovisioner_daemons: 0\n")
+    cfg.write_text("listen: 127.0.0.1:1\nlog-format: json\nprovisioner_daemons: 0\n"
+                   "provisioner-tags: {zone: eu}\n")
     env = _env(tmp_path)
     env["BURROW_LISTEN"] = "127.0.0.1:0"  # the environment beats the file
     proc = subprocess.Popen(

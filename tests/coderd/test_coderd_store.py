@@ -70,6 +70,10 @@ async def test_api_keys(opened: Opened) -> None:
     assert await store.get_api_key_and_user("nope") is None
     assert await store.list_api_keys(uid, "token") == [key]
     assert await store.list_api_keys(uid, "session") == []
+    old = ApiKey("k2", uid, "hash", "session", "", time.time() - 10, time.time() - 5)
+    await store.insert_api_key(old)
+    assert await store.delete_expired_api_keys(time.time()) == 1
+    assert await store.get_api_key("k2") is None
     assert await store.delete_api_key("k1")
     assert not await store.delete_api_key("k1")
     assert await store.get_api_key("k1") is None
