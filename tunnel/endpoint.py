@@ -310,8 +310,16 @@ class Endpoint:
         session.datagram_received(event.data, path)
 
     async def listen_direct(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Accept direct-path TCP connections; returns the bound (host, port)
-        to advertise to peers."""
+        """Accept direct-path TCP connections from authorised peers.
+
+        Returns:
+            The bound (host, port). With a wildcard host ("0.0.0.0") advertise
+            the machine's reachable addresses with this port instead.
+
+        Raises:
+            OSError: the address cannot be bound.
+            RuntimeError: ``run`` is not running.
+        """
         listeners = await trio.open_tcp_listeners(port, host=host)
         listener = listeners[0]
         for extra in listeners[1:]:
