@@ -32,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  resource  {r['type']}.{r['name']}  {r['kind']}, {r['persistence']}")
             for a in b.get("agents", []):
                 seen = a.get("status", "connecting")
-                print(f"  agent     {a['name']}  {a['os']}/{a['arch']}  {seen}")
+                life = a.get("lifecycle_state", "created")
+                print(f"  agent     {a['name']}  {a['os']}/{a['arch']}  {seen}, {life}")
+                for p in a.get("ports", []):
+                    proc = f"  ({p['process']})" if p.get("process") else ""
+                    print(f"    port    {p['port']}/{p.get('family', 'tcp')}{proc}")
         return 0
 
     return run_command("show", main)

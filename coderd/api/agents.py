@@ -1,11 +1,14 @@
-"""Workspace agents: the manifest an agent starts from, and the relay map."""
+"""Workspace agents: the manifest an agent starts from, its reports (lifecycle,
+ports, stats), and the relay map."""
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
-from coderd.api.schema import ApiError
+from coderd.api.schema import ApiError, Field
 from coderd.deps import Coderd
 from relay.http import Response
 
@@ -59,6 +62,73 @@ async def get_manifest(call: Call) -> Response:
     )
 
 
+LIFECYCLE_STATES = (
+    "created", "starting", "ready", "start_error", "start_timeout",
+    "shutting_down", "off", "shutdown_error", "shutdown_timeout",
+)
+MAX_PORTS = 256
+STAT_FIELDS = ("sessions_total", "sessions_open", "bytes_in", "bytes_out", "errors")
+
+
+def _invalid(field: str, detail: str) -> ApiError:
+    return ApiError(400, "invalid request body", validations=[{"field": field, "detail": detail}])
+
+
+async def post_lifecycle(call: Call) -> Response:
+    assert call.agent is not None
+    at = float(call.body.get("changed_at", time.time()))
+    await call.cd.store.update_agent_report(call.agent.id, lifecycle=(call.body["state"], at))
+    return Response(204)
+
+
+async def post_ports(call: Call) -> Response:
+    assert call.agent is not None
+    raw = call.body["ports"]
+    if len(raw) > MAX_PORTS:
+        raise _invalid("ports", f"at most {MAX_PORTS} ports")
+    ports: list[dict[str, Any]] = []
+    for p in raw:
+        if not isinstance(p, dict) or set(p) - {"port", "address", "family", "process"}:
+            raise _invalid("ports", "each port is {port, address?, family?, process?}")
+        port = p.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise _invalid("ports", "port must be 1..65535")
+        family = p.get("family", "tcp")
+        address = p.get("address", "")
+        process = p.get("process") or ""
+        if family not in ("tcp", "tcp6"):
+            raise _invalid("ports", "family must be tcp or tcp6")
+        if not isinstance(address, str) or not re.fullmatch(r"[0-9A-Fa-f.:]{0,45}", address):
+            raise _invalid("ports", "address must be an IP address")
+        if not isinstance(process, str) or len(process) > 64:
+            raise _invalid("ports", "process must be a name of <= 64 characters")
+        ports.append({"port": port, "address": address, "family": family, "process": process})
+    await call.cd.store.update_agent_report(call.agent.id, ports=ports)
+    return Response(204)
+
+
+async def post_stats(call: Call) -> Response:
+    assert call.agent is not None
+    services = call.body["services"]
+    if len(services) > 32:
+        raise _invalid("services", "at most 32 services")
+    clean: dict[str, dict[str, int]] = {}
+    for name, counters in services.items():
+        if not re.fullmatch(r"[a-z0-9_-]{1,32}", name) or not isinstance(counters, dict):
+            raise _invalid("services", "a map of service name to counters")
+        if set(counters) - set(STAT_FIELDS):
+            raise _invalid("services", f"counters are {', '.join(STAT_FIELDS)}")
+        values: dict[str, int] = {}
+        for k in STAT_FIELDS:
+            v = counters.get(k, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+                raise _invalid("services", f"{name}.{k} must be a non-negative integer")
+            values[k] = v
+        clean[name] = values
+    await call.cd.store.update_agent_report(call.agent.id, stats={"services": clean})
+    return Response(204)
+
+
 ROUTES = [
     Route("GET", "/relaymap", get_relay_map, AUTHENTICATED, "The relay regions"),
     Route(
@@ -67,4 +137,28 @@ ROUTES = [
     ),
     Route("GET", "/workspaceagents/me/relaymap", get_relay_map, AGENT,
           "The relay regions, for agents"),
+    Route(
+        "POST", "/workspaceagents/me/lifecycle", post_lifecycle, AGENT,
+        "Report the agent's lifecycle state",
+        body={
+            "state": Field("string", required=True, enum=LIFECYCLE_STATES, max_len=32),
+            "changed_at": Field("number", minimum=0, description="UNIX seconds"),
+        },
+        responses={204: "recorded"},
+    ),
+    Route(
+        "POST", "/workspaceagents/me/ports", post_ports, AGENT,
+        "Report the ports listening in the workspace (replaces the last report)",
+        body={"ports": Field("array", required=True,
+                             description="[{port, address?, family?: tcp|tcp6, process?}]")},
+        responses={204: "recorded"},
+    ),
+    Route(
+        "POST", "/workspaceagents/me/stats", post_stats, AGENT,
+        "Report connection counters per service (the latest snapshot)",
+        body={"services": Field("object", required=True,
+                                description="{name: {sessions_total, sessions_open, bytes_in,"
+                                " bytes_out, errors}}")},
+        responses={204: "recorded"},
+    ),
 ]

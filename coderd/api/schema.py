@@ -42,7 +42,11 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Field:
-    """One body field.  ``kind`` is ``string``, ``integer``, ``boolean`` or ``string-map``."""
+    """One body field.
+
+    ``kind``: ``string``, ``integer``, ``number``, ``boolean``, ``string-map``,
+    or ``array`` / ``object`` (shape checked by the route itself).
+    """
 
     kind: str
     required: bool = False
@@ -71,6 +75,19 @@ class Field:
                 return f"must be at least {self.minimum}"
             if self.maximum is not None and value > self.maximum:
                 return f"must be at most {self.maximum}"
+        elif self.kind == "number":
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                return "must be a number"
+            if value != value or value in (float("inf"), float("-inf")):
+                return "must be a finite number"
+            if self.minimum is not None and value < self.minimum:
+                return f"must be at least {self.minimum}"
+            if self.maximum is not None and value > self.maximum:
+                return f"must be at most {self.maximum}"
+        elif self.kind in ("array", "object"):
+            want = list if self.kind == "array" else dict
+            if not isinstance(value, want):
+                return f"must be an {self.kind}"
         elif self.kind == "boolean":
             if not isinstance(value, bool):
                 return "must be a boolean"

@@ -78,6 +78,10 @@ def agent(a: Agent) -> dict[str, Any]:
         "last_connected_at": a.last_connected_at,
         "disconnected_at": a.disconnected_at,
         "status": a.status,
+        "lifecycle_state": a.lifecycle_state,
+        "lifecycle_changed_at": a.lifecycle_changed_at,
+        "ports": [dict(p) for p in a.ports],
+        "stats": dict(a.stats),
     }
 
 

@@ -202,6 +202,11 @@ class Agent:
     created_at: float
     last_connected_at: float | None = None
     disconnected_at: float | None = None
+    lifecycle_state: str = "created"
+    lifecycle_changed_at: float | None = None
+    ports: tuple[Mapping[str, Any], ...] = ()
+    stats: Mapping[str, Any] = field(default_factory=dict)
+    reported_at: float | None = None
 
     @property
     def status(self) -> str:
@@ -401,6 +406,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    @abc.abstractmethod
+    async def update_agent_report(
+        self,
+        agent_id: str,
+        *,
+        lifecycle: tuple[str, float] | None = None,
+        ports: list[dict[str, Any]] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        """Store what the agent reported (only the parts given)."""
 
     @abc.abstractmethod
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:

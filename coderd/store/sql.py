@@ -192,6 +192,11 @@ def _agent(r: Row) -> Agent:
         created_at=r["created_at"],
         last_connected_at=r["last_connected_at"],
         disconnected_at=r["disconnected_at"],
+        lifecycle_state=r["lifecycle_state"],
+        lifecycle_changed_at=r["lifecycle_changed_at"],
+        ports=tuple(json.loads(r["ports"])),
+        stats=json.loads(r["stats"]),
+        reported_at=r["reported_at"],
     )
 
 
@@ -755,6 +760,43 @@ class SqlStore(Store):
             return _agent(row) if row else None
 
         return await self._tx(q)
+
+    async def update_agent_report(
+        self,
+        agent_id: str,
+        *,
+        lifecycle: tuple[str, float] | None = None,
+        ports: list[dict[str, Any]] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+
+        async def q(tx: Tx) -> None:
+            if lifecycle is not None:
+                await tx.execute(
+                    "UPDATE workspace_agents SET lifecycle_state = ?, lifecycle_changed_at = ?,"
+                    " reported_at = ? WHERE id = ?",
+                    lifecycle[0],
+                    lifecycle[1],
+                    now,
+                    agent_id,
+                )
+            if ports is not None:
+                await tx.execute(
+                    "UPDATE workspace_agents SET ports = ?, reported_at = ? WHERE id = ?",
+                    _json(ports),
+                    now,
+                    agent_id,
+                )
+            if stats is not None:
+                await tx.execute(
+                    "UPDATE workspace_agents SET stats = ?, reported_at = ? WHERE id = ?",
+                    _json(stats),
+                    now,
+                    agent_id,
+                )
+
+        await self._tx(q, write=True)
 
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
         now = time.time()

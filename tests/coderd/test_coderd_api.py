@@ -409,3 +409,51 @@ async def test_template_tags_route_jobs_to_matching_daemons(api: Api) -> None:
     assert job is not None
     assert job.id == job_id
     assert job.tags == {"zone": "eu", "gpu": "yes"}
+
+
+async def test_agent_reports_lifecycle_ports_and_stats(api: Api) -> None:
+    await api.setup_owner()
+    await _push(api)
+    await api.call("POST", "/workspaces", {"name": "dev", "template": "local"})
+    job = await api.cd.store.acquire_job("d", {})
+    assert job is not None
+    done = await api.cd.store.complete_job(
+        job.id, result={"resources": [], "agents": [{"name": "main"}]}, error=None)
+    await on_job_completed(done)
+    hdr = {"Burrow-Agent-Token": job.input["agent_token"]}
+
+    async def post(path: str, body: object) -> int:
+        return (await api.call("POST", path, body, token=None, headers=hdr)).status
+
+    assert await post("/workspaceagents/me/lifecycle", {"state": "starting",
+                                                         "changed_at": 1.5}) == 204
+    assert await post("/workspaceagents/me/lifecycle", {"state": "ready"}) == 204
+    assert await post("/workspaceagents/me/ports", {"ports": [
+        {"port": 8080, "address": "0.0.0.0", "family": "tcp", "process": "python3"},
+        {"port": 22, "address": "::", "family": "tcp6"}]}) == 204
+    assert await post("/workspaceagents/me/stats", {"services": {
+        "ssh": {"sessions_total": 3, "sessions_open": 1, "bytes_in": 10, "bytes_out": 20}}}) == 204
+    r = await api.call("GET", "/workspaces/dev")
+    agent = r.body["latest_build"]["agents"][0]
+    assert agent["lifecycle_state"] == "ready"
+    assert [p["port"] for p in agent["ports"]] == [8080, 22]
+    assert agent["ports"][0]["process"] == "python3"
+    assert agent["stats"]["services"]["ssh"]["sessions_total"] == 3
+    assert agent["stats"]["services"]["ssh"]["errors"] == 0
+    bad = [
+        ("/workspaceagents/me/lifecycle", {"state": "exploded"}),
+        ("/workspaceagents/me/lifecycle", {"state": "ready", "changed_at": "now"}),
+        ("/workspaceagents/me/ports", {"ports": [{"port": 0}]}),
+        ("/workspaceagents/me/ports", {"ports": [{"port": 80, "family": "udp"}]}),
+        ("/workspaceagents/me/ports", {"ports": [{"port": 80, "extra": 1}]}),
+        ("/workspaceagents/me/ports", {"ports": [{"port": 80}] * 300}),
+        ("/workspaceagents/me/ports", {"ports": "80"}),
+        ("/workspaceagents/me/stats", {"services": {"ssh": {"bytes_in": -1}}}),
+        ("/workspaceagents/me/stats", {"services": {"SSH!": {}}}),
+        ("/workspaceagents/me/stats", {"services": {"ssh": {"cpu": 1}}}),
+    ]
+    for path, body in bad:
+        assert await post(path, body) == 400, (path, body)
+    # a user token is no agent token
+    r = await api.call("POST", "/workspaceagents/me/lifecycle", {"state": "ready"})
+    assert r.status == 401
