@@ -42,6 +42,7 @@ class DirectLink:
         self.stream = stream
         self.peer = peer
         self.failed = False
+        self.confirmed = False  # delivered an authenticated datagram once
         self._buf = bytearray(buffered)
         self._send_lock = trio.Lock()
         self.bytes_sent = 0

@@ -64,6 +64,7 @@ OnRequest = Callable[["Session", int, str], "bool | str"]
 log = logging.getLogger(__name__)
 
 REDIAL_DELAY = 1.0
+MAX_REDIAL_DELAY = 30.0
 DIAL_TIMEOUT = 5.0
 # With data in flight and nothing heard for this long, start a new handshake:
 # if the peer restarted (and dropped our records as unknown), its answer
@@ -331,6 +332,7 @@ class Session:
         if id(link) in self._confirmed or link.failed:
             return
         self._confirmed.add(id(link))
+        link.confirmed = True
         self._probe.append(link)  # so the other side confirms it too
         if self.direct is not link:
             self.direct = link
@@ -568,6 +570,7 @@ class Session:
             await self._dial_loop(host, port)
 
     async def _dial_loop(self, host: str, port: int) -> None:
+        delay = REDIAL_DELAY
         while True:
             link: direct.DirectLink | None = None
             with trio.move_on_after(DIAL_TIMEOUT):
@@ -585,7 +588,11 @@ class Session:
                 except (trio.EndOfChannel, direct.DirectLinkError):
                     pass
                 finally:
+                    if link.confirmed:
+                        delay = REDIAL_DELAY  # it worked: retry soon after a break
                     self.link_lost(link)
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(link.stream)
-            await trio.sleep(REDIAL_DELAY)
+            # Keep probing, but back off while the endpoint does not answer.
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_REDIAL_DELAY)
