@@ -440,7 +440,13 @@ class Connection:
         if st is None or st.recv_reset:
             return
         end = f.offset + len(f.data)
-        if end > st.local_max or (f.fin and st.fin_offset is not None and end != st.fin_offset):
+        if (
+            end > st.local_max
+            # nothing past the final size; the final size never moves
+            or (st.fin_offset is not None and end > st.fin_offset)
+            or (f.fin and st.fin_offset is not None and end != st.fin_offset)
+            or (f.fin and end < st.recv_high)
+        ):
             self.stats["flow_violations"] += 1
             return
         if end > st.recv_high:
