@@ -50,12 +50,14 @@ from derp.client import DerpClient
 from derp.keys import generate_private_key
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
-from tunnel.errors import TunnelError
+from tunnel.errors import StreamRefusedError, TunnelError
 from tunnel.stream import TunnelStream
 
 DEFAULT_TIMEOUT = 120.0
 RELAY_DIAL_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0
+# How long a failed stream open waits for the agent to be announced again.
+REJOIN_TIMEOUT = 30.0
 
 
 class AccessError(Exception):
@@ -140,12 +142,15 @@ class WorkspaceConnection:
     """
 
     def __init__(self, target: Target, endpoint: Endpoint, derp: DerpClient,
-                 region: Region, agent_node: Node) -> None:
+                 region: Region, agent_node: Node, *,
+                 rejoin_timeout: float = REJOIN_TIMEOUT) -> None:
         self.target = target
         self.endpoint = endpoint
         self.derp = derp
         self.region = region
         self.agent_node = agent_node
+        self.rejoin_timeout = rejoin_timeout
+        self._agent_changed = trio.Event()
 
     @property
     def agent_key(self) -> bytes:
@@ -154,20 +159,69 @@ class WorkspaceConnection:
     def set_agent(self, node: Node) -> None:
         """The coordinator re-announced the agent: follow its key and endpoints."""
         if node.key != self.agent_node.key:
-            self.endpoint.remove_peer(self.agent_node.key)
+            self.endpoint.remove_peer(self.agent_node.key)  # fails what waits on the old key
         self.agent_node = node
         self.endpoint.set_peer(node.key, direct_endpoints=list(node.endpoints))
+        self._agent_changed.set()
+        self._agent_changed = trio.Event()
 
     async def open_stream(self, service: str) -> TunnelStream:
         """A stream to ``service`` (``ssh``, ``tcp:<port>``, ``speedtest``) on the agent.
 
+        When the session fails (the agent restarted, say), waits up to
+        ``rejoin_timeout`` for the coordinator to announce the agent again and
+        retries with its new node.
+
         Raises:
-            AccessError: the agent refused or could not be reached.
+            AccessError: the agent refused, or could not be reached in time.
         """
-        try:
-            return await self.endpoint.open_stream(self.agent_key, service)
-        except TunnelError as exc:
-            raise AccessError(f"{self.target.workspace}: {service}: {exc}") from None
+        deadline = trio.current_time() + self.rejoin_timeout
+        while True:
+            key, changed = self.agent_key, self._agent_changed
+            try:
+                stream = await self._open_unless_changed(key, service, changed)
+            except StreamRefusedError as exc:
+                raise AccessError(f"{self.target.workspace}: {service}: {exc}") from None
+            except TunnelError as exc:
+                if self.agent_key != key:
+                    continue
+                with trio.move_on_at(deadline):
+                    await changed.wait()
+                if self.agent_key == key:
+                    raise AccessError(f"{self.target.workspace}: {service}: {exc}") from None
+                continue
+            if stream is not None:
+                return stream
+
+    async def _open_unless_changed(
+        self, key: bytes, service: str, changed: trio.Event
+    ) -> TunnelStream | None:
+        """Open on ``key``; None if the agent was re-announced meanwhile (the
+        old key may never answer: its handshake would only time out)."""
+        result: list[TunnelStream] = []
+        error: list[TunnelError] = []
+        async with trio.open_nursery() as nursery:
+
+            async def opener() -> None:
+                try:
+                    result.append(await self.endpoint.open_stream(key, service))
+                except TunnelError as exc:
+                    error.append(exc)
+                nursery.cancel_scope.cancel()
+
+            async def watcher() -> None:
+                await changed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(opener)
+            nursery.start_soon(watcher)
+        if error:
+            raise error[0]
+        if result:
+            return result[0]
+        if self.agent_key != key:
+            self.endpoint.remove_peer(key)  # end the abandoned handshake
+        return None
 
     async def ping(self, timeout: float = 5.0) -> float:
         """Tunnel round-trip time in seconds.  Raises AccessError on timeout."""

@@ -184,10 +184,15 @@ async def _get(port: int, path: str) -> bytes:
     return out
 
 
-async def test_port_forward_several_concurrent_requests(world: World, tmp_path: Path) -> None:
-    async with trio.open_nursery() as nursery, in_test_agent(world, ssh_workdir=tmp_path) as _:
+async def test_port_forward_concurrent_requests_survive_an_agent_restart(
+    world: World, tmp_path: Path
+) -> None:
+    """8 concurrent requests; then the agent restarts with a new key (the coordinator
+    re-announces it) and the same port-forward process carries 8 more."""
+    async with trio.open_nursery() as nursery:
         http_port = await _http_server(nursery)
         local = _free_port()
+        # started before any agent: it waits for one
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "burrow.cli", "port-forward", "dev",
              "--tcp", f"{local}:{http_port}"],
@@ -195,22 +200,16 @@ async def test_port_forward_several_concurrent_requests(world: World, tmp_path: 
             stdin=subprocess.DEVNULL,
         )
         try:
-            assert proc.stdout is not None
-            with trio.fail_after(30):
-                first = await proc.stdout.receive_some(4096)
-            assert f"Forwarding 127.0.0.1:{local} -> dev:{http_port}".encode() in first
-            results: dict[int, bytes] = {}
-
-            async def one(i: int) -> None:
-                results[i] = await _get(local, f"/r{i}")
-
-            with trio.fail_after(30):
-                async with trio.open_nursery() as reqs:
-                    for i in range(8):
-                        reqs.start_soon(one, i)
-            for i in range(8):
-                assert results[i].startswith(b"HTTP/1.0 200 OK"), results[i]
-                assert results[i].endswith(b"you asked for /r%d" % i)
+            async with in_test_agent(world, ssh_workdir=tmp_path) as first:
+                assert proc.stdout is not None
+                with trio.fail_after(30):
+                    line = await proc.stdout.receive_some(4096)
+                assert f"Forwarding 127.0.0.1:{local} -> dev:{http_port}".encode() in line
+                await _requests(local, "a")
+            async with in_test_agent(world, ssh_workdir=tmp_path) as second:
+                assert second.endpoint.public_key != first.endpoint.public_key
+                await _requests(local, "b")
+            assert proc.returncode is None  # still serving
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGINT)
@@ -220,6 +219,31 @@ async def test_port_forward_several_concurrent_requests(world: World, tmp_path: 
                     proc.kill()
                     await proc.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _requests(port: int, tag: str) -> None:
+    results: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await _get(port, f"/{tag}{i}")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as reqs:
+            for i in range(8):
+                reqs.start_soon(one, i)
+    for i in range(8):
+        assert results[i].startswith(b"HTTP/1.0 200 OK"), results[i]
+        assert results[i].endswith(b"you asked for /%s%d" % (tag.encode(), i))
+
+
+async def test_direct_path_is_used_when_the_agent_advertises_one(
+    world: World, tmp_path: Path
+) -> None:
+    async with in_test_agent(world, ssh_workdir=tmp_path, direct=True):
+        proc = await burrow(world, "ping", "dev", "-n", "6", "--interval", "0.3")
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, (out, proc.stderr)
+        assert "pong from dev via direct in " in out, out
 
 
 async def test_ping_speedtest_netcheck(world: World, tmp_path: Path) -> None:
