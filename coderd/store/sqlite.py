@@ -3,6 +3,8 @@
 One connection in WAL mode, in autocommit mode with explicit ``BEGIN``s.
 Transactions are serialised by an asyncio lock: SQLite has a single writer
 anyway, and one connection keeps ``BEGIN IMMEDIATE`` free of busy errors.
+The data directory belongs to one server process: a second process on the
+same file is not supported (use PostgreSQL for several replicas).
 Runs on the store's asyncio thread.
 """
 
@@ -76,6 +78,14 @@ class SqliteDatabase:
 
     async def transaction(self, fn: Callable[[_SqliteTx], Awaitable[T]], *, write: bool) -> T:
         async with self._lock:
+            if not write:
+                # Reads skip BEGIN/COMMIT (two thread hops each): this connection is
+                # the only one to the file and the lock serialises it, so nothing
+                # can commit between a read's statements anyway.
+                try:
+                    return await fn(_SqliteTx(self._conn))
+                except sqlite3.Error as exc:
+                    raise StoreError(f"sqlite: {exc}") from exc
             try:
                 await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 result = await fn(_SqliteTx(self._conn))
