@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.coderd.pgserver import PgServer, run_pg_server
+
 TF = 'variable "burrow_workspace_transition" {\n  type = string\n}\n'
 
 
@@ -71,9 +73,17 @@ def stop_server(server: Server) -> str:
     return server.proc.communicate(timeout=10)[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    s = start_server(tmp_path)
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    yield from run_pg_server()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    extra: list[str] = []
+    if request.param == "postgres":
+        extra = ["--postgres-url", request.getfixturevalue("pg").fresh_database()]
+    s = start_server(tmp_path, *extra)
     try:
         yield s
     finally:

@@ -9,118 +9,18 @@ test gets a fresh database.  Missing binaries FAIL the tests that need them.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
-import psycopg
 import pytest
 
 from coderd.store.factory import Opened, open_store
 from tests.coderd.apihelp import Api
-
-PG_BIN = "/usr/lib/postgresql/15/bin"
-
-
-@dataclass
-class PgServer:
-    host: str
-    port: int
-    _counter: itertools.count[int]
-
-    def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
-
-    def fresh_database(self) -> str:
-        name = f"burrow_test_{os.getpid()}_{next(self._counter)}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        return self.url(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+from tests.coderd.pgserver import PgServer, run_pg_server
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    initdb = os.path.join(PG_BIN, "initdb")
-    if not os.path.exists(initdb):
-        pytest.fail(
-            f"PostgreSQL binaries not found in {PG_BIN}: install Debian's postgresql "
-            "package (bash .ci/setup does)"
-        )
-    tmp = tempfile.mkdtemp(prefix="burrow-pg-")
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "postgres", "postgres")
-    data = os.path.join(tmp, "data")
-    subprocess.run(
-        _as_postgres([initdb, "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    port = _free_port()
-    log = open(os.path.join(tmp, "postgres.log"), "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        _as_postgres(
-            [
-                os.path.join(PG_BIN, "postgres"),
-                "-D", data, "-p", str(port), "-k", tmp,
-                "-c", "listen_addresses=127.0.0.1",
-                "-c", "fsync=off", "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=200",
-            ]
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = PgServer("127.0.0.1", port, itertools.count())
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with psycopg.connect(server.url(), connect_timeout=2):
-                    break
-            except psycopg.OperationalError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    with open(os.path.join(tmp, "postgres.log"), errors="replace") as f:
-                        pytest.fail(f"PostgreSQL did not start:\n{f.read()[-2000:]}")
-                time.sleep(0.1)
-        yield server
-    finally:
-        pid = None
-        pidfile = os.path.join(data, "postmaster.pid")
-        with contextlib.suppress(OSError, ValueError), open(pidfile) as f:
-            pid = int(f.readline().strip())
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)  # fast shutdown
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    yield from run_pg_server()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
