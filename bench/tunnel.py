@@ -5,6 +5,8 @@ One run measures, all on loopback and in the same run:
 * direct TCP (driver -> echo/sink process) — the ceiling;
 * raw relay: DERP packets through burrow's relay node (HTTP upgrade), with a
   64-packet window, as in ``bench relay``;
+* a 64-byte ping-pong between two ``DerpClient``s (no tunnel): the floor
+  the tunnel's relay RTT stands on;
 * the tunnel through the same relay: one stream, 8 concurrent streams, and a
   64-byte ping-pong on one stream;
 * the tunnel over the direct TCP path (same measurements).
@@ -25,7 +27,7 @@ from typing import Any
 import trio
 
 from bench.relay import Child, _percentiles, children, measure_derp, measure_tcp
-from derp.client import DerpClient
+from derp.client import DerpClient, Packet
 from derp.keys import generate_private_key, key_from_hex, public_key
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
@@ -65,6 +67,37 @@ async def _peer(url: str, private_hex: str, driver_hex: str) -> None:
         sys.stdout.write(f"{port}\n")
         sys.stdout.flush()
         await ep.serve(handler)
+
+
+async def _derp_echo(url: str, private_hex: str) -> None:
+    """A DerpClient that echoes every packet: the floor under the tunnel."""
+    client = DerpClient(url, key_from_hex(private_hex))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        while True:
+            event = await client.receive()
+            if isinstance(event, Packet):
+                await client.send(event.src, event.data)
+
+
+async def _derp_client_rtt(url: str, peer: bytes, count: int) -> tuple[float, float]:
+    client = DerpClient(url, generate_private_key())
+    msg = b"x" * 64
+    samples: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        for i in range(count + count // 10):
+            t0 = time.perf_counter_ns()
+            await client.send(peer, msg)
+            with trio.fail_after(10):
+                while not isinstance(await client.receive(), Packet):
+                    pass
+            if i >= count // 10:
+                samples.append(time.perf_counter_ns() - t0)
+        nursery.cancel_scope.cancel()
+    return _percentiles(samples)
 
 
 # ---------------------------------------------------------------- driver
@@ -173,6 +206,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         driver_key, peer_key = generate_private_key(), generate_private_key()
         import subprocess
 
+        echo_key = generate_private_key()
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "bench.tunnel", "_derp_echo", url, echo_key.hex()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert echo.stdout is not None
+            echo.stdout.readline()
+            client_p50, client_p99 = trio.run(
+                _derp_client_rtt, url, public_key(echo_key), args.rtt_count
+            )
+        finally:
+            echo.kill()
+            echo.wait(10)
+
         peer_proc = subprocess.Popen(
             [
                 sys.executable, "-m", "bench.tunnel", "_peer",
@@ -193,12 +242,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
          "throughput_mbit": r.throughput_mbit}
         for r in (tcp, raw)
     ]
+    base.append({"path": "relay via DerpClient (RTT)", "rtt_p50_us": client_p50,
+                 "rtt_p99_us": client_p99, "throughput_mbit": None})
     tcp_mbit = tcp.throughput_mbit or 1.0
     raw_rtt = raw.rtt_p50_us or 1.0
     for row in rows:
         row["x_direct_tcp"] = row["throughput_mbit"] / tcp_mbit
         row["x8_direct_tcp"] = row["throughput_8_mbit"] / tcp_mbit
         row["rtt_x_raw_relay"] = row["rtt_p50_us"] / raw_rtt
+        row["rtt_x_derp_client"] = row["rtt_p50_us"] / client_p50
     return {"baselines": base, "tunnel": rows, "seconds": args.seconds,
             "rtt_count": args.rtt_count}
 
@@ -206,23 +258,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     out = [
         f"{'path':28} {'RTT p50/p99 us':>16} {'1 stream Mbit/s':>16} {'8 streams':>10}"
-        f" {'x TCP (1/8)':>13} {'RTT x raw relay':>16}"
+        f" {'x TCP (1/8)':>13} {'RTT x raw relay':>16} {'x client':>10}"
     ]
     for r in report["baselines"]:
-        out.append(
-            f"{r['path']:28} {r['rtt_p50_us']:7.0f}/{r['rtt_p99_us']:<8.0f}"
-            f" {r['throughput_mbit']:16.0f}"
-        )
+        mbit = "" if r["throughput_mbit"] is None else f"{r['throughput_mbit']:16.0f}"
+        out.append(f"{r['path']:28} {r['rtt_p50_us']:7.0f}/{r['rtt_p99_us']:<8.0f} {mbit}")
     for r in report["tunnel"]:
         out.append(
             f"{r['path']:28} {r['rtt_p50_us']:7.0f}/{r['rtt_p99_us']:<8.0f}"
             f" {r['throughput_mbit']:16.0f} {r['throughput_8_mbit']:10.0f}"
             f" {r['x_direct_tcp']:6.3f}/{r['x8_direct_tcp']:<6.3f} {r['rtt_x_raw_relay']:16.2f}"
+            f" {r['rtt_x_derp_client']:10.2f}"
         )
     return "\n".join(out)
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["_derp_echo"]:
+        trio.run(_derp_echo, argv[1], argv[2])
+        return 0
     if argv[:1] == ["_peer"]:
         url, private_hex, driver_hex = argv[1:4]
         trio.run(_peer, url, private_hex, driver_hex)
