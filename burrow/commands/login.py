@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
     add(p, "--username", help="user name (prompted for on a terminal)")
     add(p, "--password", help="password (prompted for on a terminal; prefer the env variable)")
     add(p, "--email", help="email for a new owner account (default: <username>@localhost)")
+    add(p, "--token", help="log in with an existing session or API token instead (e.g. in CI)")
     p.set_defaults(run=run)
 
 
@@ -42,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
     async def main() -> int:
+        if args.token:
+            client.token = args.token
+            me = await client.me()
+            path = save_session(client.url, args.token)
+            print(f"Logged in to {client.url} as {me['username']} with a token; saved in {path}.")
+            return 0
         if not await client.first_user_exists():
             username = _ask(args.username, "Username")
             password = _ask(args.password, "Password", secret=True)

@@ -158,6 +158,12 @@ def test_cli_flow_against_a_real_server(server: Server, tmp_path: Path) -> None:
     ok(cli(server, "logs", "dev"))
     # logout forgets the session and invalidates the token on the server
     token = json.loads(session.read_text())["token"]
+    other = {"BURROW_CONFIG_DIR": str(tmp_path / "other-config")}
+    out = ok(cli(server, "login", server.url, "--token", token, env=other))
+    assert "as admin with a token" in out
+    assert "admin (owner)" in ok(cli(server, "whoami", env=other))
+    assert "invalid session token" in one_line_error(
+        cli(server, "login", server.url, "--token", "0123456789-forged", env=other))
     ok(cli(server, "logout"))
     assert not session.exists()
     assert "not logged in" in one_line_error(cli(server, "list"))
