@@ -86,7 +86,7 @@ def test_config_ssh_idempotent_dry_run_and_preserving(world: World) -> None:
 
 
 async def test_openssh_through_proxycommand(world: World, tmp_path: Path) -> None:
-    """ssh runs a command with its exit code, stdin flows, scp both ways is intact."""
+    """ssh runs a command with its exit code, scp of 50 MiB both ways is intact, -L works."""
     cfg = _ssh_config(world)
     workdir = tmp_path / "ws"
     workdir.mkdir()
@@ -97,7 +97,7 @@ async def test_openssh_through_proxycommand(world: World, tmp_path: Path) -> Non
         assert proc.stdout == b"hello\n"
         assert agent.clients  # the coordinator told the agent our key
 
-        blob = os.urandom(3 << 20)
+        blob = os.urandom(50 << 20)
         src = tmp_path / "up.bin"
         src.write_bytes(blob)
         scp = ["scp", "-F", str(cfg), "-o", "BatchMode=yes"]
@@ -114,6 +114,29 @@ async def test_openssh_through_proxycommand(world: World, tmp_path: Path) -> Non
             "BURROW_FORCE_WEBSOCKETS": "1"})
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == b"0"
+
+        # ssh -L to an HTTP server "in the workspace"
+        async with trio.open_nursery() as nursery:
+            http_port = await _http_server(nursery)
+            local = _free_port()
+            fwd = await trio.lowlevel.open_process(
+                [*ssh, "-N", "-o", "ExitOnForwardFailure=yes",
+                 "-L", f"127.0.0.1:{local}:127.0.0.1:{http_port}", "burrow.dev"],
+                env=world.env, stdin=subprocess.DEVNULL,
+            )
+            try:
+                reply = b""
+                with trio.fail_after(20):
+                    while not reply.startswith(b"HTTP/1.0 200"):
+                        try:
+                            reply = await _get(local, "/via-L")
+                        except (OSError, trio.BrokenResourceError):
+                            await trio.sleep(0.1)
+                assert reply.endswith(b"you asked for /via-L")
+            finally:
+                fwd.kill()
+                await fwd.wait()
+            nursery.cancel_scope.cancel()
 
 
 async def test_burrow_ssh_execs_openssh_and_propagates_the_exit_code(
