@@ -11,8 +11,10 @@ changed (``take_changed``). It follows QUIC's split (RFC 9000/9002):
 * Packets carry a session-wide *packet number* (never reused). Packets with
   anything but ACK/PONG frames are *ack-eliciting*: the sender remembers
   which frames each one carried until it is acknowledged or declared lost.
-* The receiver acknowledges packet numbers with ranges (like TCP SACK), at
-  once after each batch of datagrams, so holes are visible immediately.
+* The receiver acknowledges packet numbers with ranges (like TCP SACK), so
+  holes are visible at once; it acknowledges every second ack-eliciting
+  packet at once and otherwise lets the ACK wait briefly (the session's
+  ``ACK_DELAY``) for an answer to ride on.
 * Streams carry byte offsets (per-stream sequence numbers). The receiver
   reorders by offset, drops duplicates, and delivers in order; the sender
   keeps each stream's bytes from the lowest unacknowledged offset
