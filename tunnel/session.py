@@ -10,9 +10,14 @@ advertised endpoints). Its tasks, all in one nursery:
 * the *sender*: waits for a wake-up, then sends handshake messages and as
   many sealed packets as the connection has ready, over the current path.
   Everything queued while it was busy goes out together in the next round,
-  so bulk data fills ~64 KiB records and a lone keystroke leaves at once;
-* the *timer*: runs the connection's retransmit/keepalive/dead-peer timers
-  and the channel's handshake retries;
+  so bulk data fills ~64 KiB records and a lone keystroke leaves at once.
+  A writing task that finds no flush running sends its own bytes directly
+  (``flush_now``: one task switch less per write); only one task flushes at
+  a time (``_flushing``), and it loops until nothing is left;
+* the *timer*: runs the connection's retransmit/keepalive/dead-peer timers,
+  the channel's handshake retries, delayed ACKs and held runt tails. It
+  sleeps in a cancel scope whose deadline other tasks may move earlier, so
+  arming a timer costs no task switch;
 * one *dialer* per advertised direct endpoint: connects in the background,
   probes with an empty record, reads the link, redials after failures.
 
