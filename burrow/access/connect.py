@@ -27,6 +27,7 @@ an :class:`AccessError` with a one-line message.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ RELAY_DIAL_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0
 # How long a failed stream open waits for the agent to be announced again.
 REJOIN_TIMEOUT = 30.0
+# While waiting for the agent, how often its state is looked up for the spinner.
+STATE_INTERVAL = 3.0
 
 
 class AccessError(Exception):
@@ -72,6 +75,18 @@ class Target:
     workspace_id: str
     agent_id: str
     agent_name: str
+    lifecycle: str = ""  # the agent's lifecycle state when looked up (may be "")
+    status: str = ""  # connected / disconnected / ... as coderd sees it
+
+
+def lifecycle_warning(target: Target) -> str | None:
+    """A line to show when the agent's startup did not go well, else None."""
+    if target.lifecycle in ("start_error", "start_timeout"):
+        what = "failed" if target.lifecycle == "start_error" else "timed out"
+        return (f"burrow: warning: the startup script of {target.workspace} {what}"
+                f" ({target.lifecycle}); the workspace may not be fully set up"
+                f" (`burrow show {target.workspace}`)")
+    return None
 
 
 async def find_agent(
@@ -111,7 +126,8 @@ async def find_agent(
                 names = ", ".join(str(a.get("name")) for a in agents)
                 raise AccessError(f"workspace {name} has several agents ({names}): pick one")
             a = agents[0]
-            return Target(name, ws["id"], str(a["id"]), str(a.get("name", "")))
+            return Target(name, ws["id"], str(a["id"]), str(a.get("name", "")),
+                          str(a.get("lifecycle_state") or ""), str(a.get("status") or ""))
         if status not in ("pending", "starting"):
             hint = f"; start it with `burrow start {name}`" if status == "stopped" else ""
             raise AccessError(f"workspace {name} is {status}{hint}")
@@ -329,8 +345,8 @@ async def connect(
         async with trio.open_nursery() as nursery:
             ws = await _open_coordinator(nursery, client, target)
             try:
-                conn = await _join(nursery, ws, target, key, endpoint, force_websocket, deadline,
-                                   progress)
+                conn = await _join(nursery, client, ws, target, key, endpoint,
+                                   force_websocket, deadline, progress)
             except BaseException:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await ws.aclose()
@@ -354,8 +370,22 @@ async def connect(
         raise leaf from None
 
 
+async def _agent_state(client: Client, target: Target) -> str:
+    """``" (agent: <status>, <lifecycle>)"`` for the spinner; "" when unknown."""
+    try:
+        ws = await client.workspace(target.workspace_id)
+    except (ApiError, ConnectError):
+        return ""
+    for a in (ws.get("latest_build") or {}).get("agents") or []:
+        if a.get("id") == target.agent_id:
+            parts = [str(a[k]) for k in ("status", "lifecycle_state") if a.get(k)]
+            return f" (agent: {', '.join(parts)})" if parts else ""
+    return ""
+
+
 async def _join(
     nursery: trio.Nursery,
+    client: Client,
     ws: trio_websocket.WebSocketConnection,
     target: Target,
     key: bytes,
@@ -368,6 +398,7 @@ async def _join(
     agent_node: Node | None = None
     published = -1
     started = trio.current_time()
+    state, state_at = "", -math.inf
     with trio.move_on_at(deadline) as scope:
         while agent_node is None:
             with trio.move_on_after(POLL_INTERVAL):
@@ -379,9 +410,13 @@ async def _join(
                     published = region.region_id
                 elif isinstance(msg, Peer):
                     agent_node = msg.node
-            if agent_node is None and trio.current_time() - started >= POLL_INTERVAL:
+            now = trio.current_time()
+            if agent_node is None and now - started >= POLL_INTERVAL:
+                if now - state_at >= STATE_INTERVAL:
+                    state, state_at = await _agent_state(client, target), now
                 progress.update(
-                    f"waiting for agent {target.agent_name} of {target.workspace} to connect..."
+                    f"waiting for agent {target.agent_name} of {target.workspace} to connect"
+                    f"{state}..."
                 )
     if scope.cancelled_caught or agent_node is None:
         raise AccessError(

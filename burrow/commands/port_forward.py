@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> int:
         import trio
 
-        from burrow.access.connect import AccessError, WorkspaceConnection, connect
+        from burrow.access.connect import (
+            AccessError,
+            WorkspaceConnection,
+            connect,
+            lifecycle_warning,
+        )
         from burrow.access.progress import Progress
         from burrow.access.splice import splice
         from burrow.api_client import session_client
@@ -73,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         client = session_client()
         async with connect(client, args.workspace, progress=Progress(),
                            **connect_kwargs(args)) as conn:
+            warning = lifecycle_warning(conn.target)
+            if warning:
+                sys.stderr.write(warning + "\n")
             listeners = []
             try:
                 for fwd in forwards:

@@ -61,7 +61,7 @@ def _run_stdio(args: argparse.Namespace) -> int:
     async def main() -> int:
         import trio
 
-        from burrow.access.connect import connect
+        from burrow.access.connect import connect, lifecycle_warning
         from burrow.access.progress import Progress
         from burrow.access.splice import COPY_SIZE, copy_one_way
         from burrow.api_client import session_client
@@ -69,6 +69,9 @@ def _run_stdio(args: argparse.Namespace) -> int:
         client = session_client()
         async with connect(client, args.workspace, progress=Progress(),
                            **connect_kwargs(args)) as conn:
+            warning = lifecycle_warning(conn.target)
+            if warning:
+                sys.stderr.write(warning + "\n")
             stream = await conn.open_stream("ssh")
             stdin = trio.lowlevel.FdStream(os.dup(0))
             stdout = trio.lowlevel.FdStream(os.dup(1))

@@ -12,12 +12,14 @@ processes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -152,6 +154,13 @@ async def test_burrow_ssh_execs_openssh_and_propagates_the_exit_code(
         assert b" ssh-ed25519 " in pinned[0].read_bytes()
         proc = await burrow(world, "ssh", "dev", "true")
         assert proc.returncode == 0, proc.stderr
+        assert b"warning" not in proc.stderr
+        # a failed startup script is reported (by the ProxyCommand, on stderr), not fatal
+        await trio.to_thread.run_sync(_report_lifecycle, world, "start_error")
+        proc = await burrow(world, "ssh", "dev", "true")
+        assert proc.returncode == 0, proc.stderr
+        assert b"the startup script of dev failed (start_error)" in proc.stderr
+        await trio.to_thread.run_sync(_report_lifecycle, world, "ready")
     proc = await burrow(world, "ssh", "nope")
     assert proc.returncode == 1
     assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr
@@ -170,7 +179,19 @@ async def test_ssh_stdio_errors_are_one_line_and_stdout_stays_clean(world: World
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert b"did not connect in time" in proc.stderr
+    assert b"burrow: waiting for agent main of dev to connect" in proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def _report_lifecycle(world: World, state: str) -> None:
+    """What the agent does: POST its lifecycle state with its token."""
+    req = urllib.request.Request(
+        world.url + "/api/v2/workspaceagents/me/lifecycle", method="POST",
+        data=json.dumps({"state": state}).encode(),
+        headers={"Burrow-Agent-Token": world.token, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 204
 
 
 def _free_port() -> int:
