@@ -39,6 +39,9 @@ from coderd.store.base import (
 log = logging.getLogger("burrow.coderd.builds")
 
 JOB_KIND_BUILD = "workspace_build"
+# Job input a finished build no longer needs: the agent token (a secret) and
+# the template and state copies (blobs; the originals stay in their tables).
+REDACTED_INPUT = ("agent_token", "template", "state")
 BUILDS_CHANNEL = "builds"
 
 
@@ -180,8 +183,9 @@ async def on_job_completed(
     """Record a finished workspace-build job's outcome.
 
     Stores the Terraform state the job left (also after a failure), records
-    the resources and agents of a successful build, and marks the workspace
-    deleted after a successful delete.  Jobs that are no build are ignored.
+    the resources and agents of a successful build, marks the workspace
+    deleted after a successful delete, and strips the agent token and the
+    template/state copies from the job's stored input.  Jobs that are no build are ignored.
     ``store``/``ps`` default to the current :class:`coderd.deps.Coderd`.
 
     Raises:
@@ -205,6 +209,7 @@ async def on_job_completed(
         await store.record_build_outputs(build.id, resources, agents)
         if build.transition == "delete":
             await store.mark_workspace_deleted(build.workspace_id)
+    await store.redact_job_input(job.id, REDACTED_INPUT)
     await ps.publish(pubsub.job_logs_channel(job.id), "done")
     await ps.publish(BUILDS_CHANNEL, build.id)
     log.info("build %s finished: %s", build.id, job.status.value)

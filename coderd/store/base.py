@@ -475,6 +475,10 @@ class Store(abc.ABC):
         Raises NotFound."""
 
     @abc.abstractmethod
+    async def redact_job_input(self, job_id: str, keys: tuple[str, ...]) -> None:
+        """Drop ``keys`` from a done job's input (secrets and blobs it no longer needs)."""
+
+    @abc.abstractmethod
     async def fail_stale_jobs(self, heartbeat_timeout: float) -> list[str]:
         """Fail running jobs whose last heartbeat is older than the timeout."""
 

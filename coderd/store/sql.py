@@ -988,6 +988,22 @@ class SqlStore(Store):
 
         return await self._tx(q, write=True)
 
+    async def redact_job_input(self, job_id: str, keys: tuple[str, ...]) -> None:
+        async def q(tx: Tx) -> None:
+            row = await tx.fetchone(
+                "SELECT input, completed_at FROM provisioner_jobs WHERE id = ?", job_id
+            )
+            if row is None or row["completed_at"] is None:
+                return
+            data = json.loads(row["input"])
+            if any(k in data for k in keys):
+                kept = {k: v for k, v in data.items() if k not in keys}
+                await tx.execute(
+                    "UPDATE provisioner_jobs SET input = ? WHERE id = ?", _json(kept), job_id
+                )
+
+        await self._tx(q, write=True)
+
     async def fail_stale_jobs(self, heartbeat_timeout: float) -> list[str]:
         now = time.time()
 

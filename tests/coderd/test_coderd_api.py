@@ -252,6 +252,10 @@ async def test_workspace_lifecycle(api: Api) -> None:
     assert [a["name"] for a in build["agents"]] == ["main"]
     assert build["agents"][0]["resource_id"] is not None
     assert await api.cd.store.get_workspace_state(r.body["id"]) == b"state-start"
+    done_job = await api.cd.store.get_job(build["job_id"])
+    assert done_job is not None
+    assert not {"agent_token", "template", "state"} & set(done_job.input)
+    assert done_job.input["transition"] == "start"
     r = await api.call("GET", f"/builds/{build['id']}/logs")
     assert [ln["output"] for ln in r.body["logs"]] == ["terraform apply", "done"]
     assert r.body["done"] is True
