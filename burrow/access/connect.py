@@ -120,7 +120,7 @@ async def find_agent(
             if agent is not None:
                 agents = [a for a in agents if a.get("name") == agent]
             if not agents:
-                which = f"an agent named {agent!r}" if agent else "an agent"
+                which = f"agent named {agent!r}" if agent else "agent"
                 raise AccessError(f"workspace {name} has no {which}")
             if len(agents) > 1 and agent is None:
                 names = ", ".join(str(a.get("name")) for a in agents)
@@ -459,3 +459,20 @@ def describe(conn: WorkspaceConnection) -> dict[str, Any]:
         "region_name": conn.region.name,
         "transport": conn.derp.transport or "",
     }
+
+
+@asynccontextmanager
+async def workspace_stream(
+    client: Client, workspace: str, service: str, **kwargs: Any
+) -> AsyncIterator[TunnelStream]:
+    """One stream to ``service`` in ``workspace``, with its tunnel alive for the block.
+
+    ``kwargs`` are :func:`connect`'s (agent, force_websocket, timeout, progress).
+
+    Raises:
+        AccessError: the workspace or service cannot be reached.
+    """
+    async with connect(client, workspace, **kwargs) as conn:
+        stream = await conn.open_stream(service)
+        async with stream:
+            yield stream
