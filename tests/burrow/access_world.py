@@ -76,6 +76,13 @@ class World:
             timeout=timeout, check=False, env=self.env, stdin=subprocess.DEVNULL,
         )
 
+    def restart_server(self) -> None:
+        """Stop the server (SIGTERM) and start it again on the same address and data."""
+        _stop(self.proc)
+        again = _start_server(self.tmp, self.env, self.url.split("//", 1)[1])
+        assert again.url == self.url
+        self.proc = again.proc
+
     def ok(self, *args: str) -> str:
         proc = self.cli(*args)
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
@@ -83,9 +90,9 @@ class World:
         return proc.stdout
 
 
-def _start_server(tmp: Path, env: dict[str, str]) -> World:
+def _start_server(tmp: Path, env: dict[str, str], listen: str = "127.0.0.1:0") -> World:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "burrow.cli", "server", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "burrow.cli", "server", "--listen", listen,
          "--data-dir", str(tmp / "data"), "--provisioner-daemons", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -122,13 +129,13 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_world(tmp: Path) -> Iterator[World]:
+def running_world(tmp: Path, listen: str = "127.0.0.1:0") -> Iterator[World]:
     """Server + logged-in CLI + workspace ``dev`` whose build succeeded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
     env["BURROW_CONFIG_DIR"] = str(tmp / "config")
     env["HOME"] = str(tmp / "home")
-    (tmp / "home").mkdir()
-    world = _start_server(tmp, env)
+    (tmp / "home").mkdir(parents=True)
+    world = _start_server(tmp, env, listen)
     try:
         world.ok("login", world.url, "--username", "admin", "--password", "password123")
         tpl = tmp / "tpl"

@@ -311,3 +311,46 @@ async def test_ping_speedtest_netcheck(world: World, tmp_path: Path) -> None:
     assert proc.returncode == 0, (out, proc.stderr)
     assert "(home)" in out
     assert "Home region: 1 (primary)" in out
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+async def test_ssh_transfer_survives_a_relay_restart(tmp_path: Path) -> None:
+    """The relay (embedded in burrow server) is stopped and started again in the middle of
+    an upload through OpenSSH + ProxyCommand; the upload completes, sha256 equal."""
+    port = _free_port()
+    with running_world(tmp_path / "w", listen=f"127.0.0.1:{port}") as world:
+        cfg = _ssh_config(world)
+        workdir = tmp_path / "ws"
+        workdir.mkdir()
+        async with in_test_agent(world, ssh_workdir=workdir):
+            proc = await trio.lowlevel.open_process(
+                ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", "burrow.dev", "cat > up.bin"],
+                stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env,
+            )
+            digest = hashlib.sha256()
+            try:
+                assert proc.stdin is not None
+                with trio.fail_after(90):
+                    for phase in range(2):
+                        for _ in range(4):
+                            chunk = os.urandom(2 << 20)
+                            digest.update(chunk)
+                            await proc.stdin.send_all(chunk)
+                        if phase == 0:
+                            # the bytes reached the workspace, then the relay goes away
+                            while _size(workdir / "up.bin") < 7 << 20:
+                                await trio.sleep(0.05)
+                            await trio.to_thread.run_sync(world.restart_server)
+                    await proc.stdin.aclose()
+                    await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.returncode == 0
+            data = (workdir / "up.bin").read_bytes()
+            assert len(data) == 16 << 20
+            assert hashlib.sha256(data).digest() == digest.digest()
