@@ -166,6 +166,39 @@ async def test_burrow_ssh_execs_openssh_and_propagates_the_exit_code(
     assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr
 
 
+async def test_burrow_ssh_interactive_on_a_pty(world: World, tmp_path: Path) -> None:
+    """With a terminal, burrow ssh gives a PTY shell (tty says /dev/pts/N); exit code passes."""
+    master, slave = os.openpty()
+    async with in_test_agent(world, ssh_workdir=tmp_path):
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "burrow.cli", "ssh", "dev"],
+            stdin=slave, stdout=slave, stderr=slave, env={**world.env, "TERM": "dumb"},
+        )
+        os.close(slave)
+        out = b""
+        try:
+            os.write(master, b"tty; echo answer=$((6*7)); exit 5\n")
+            with trio.fail_after(30):
+                while True:
+                    await trio.lowlevel.wait_readable(master)
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError:  # EIO: the pty closed
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+                await proc.wait()
+        finally:
+            os.close(master)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 5, out
+    assert b"answer=42" in out
+    assert b"/dev/pts/" in out
+
+
 async def test_ssh_stdio_errors_are_one_line_and_stdout_stays_clean(world: World) -> None:
     proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "2", "nope")
     assert proc.returncode == 1
