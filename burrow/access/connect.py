@@ -401,15 +401,17 @@ async def _join(
     state, state_at = "", -math.inf
     with trio.move_on_at(deadline) as scope:
         while agent_node is None:
+            msg: Welcome | Peer | None = None
             with trio.move_on_after(POLL_INTERVAL):
                 msg = await _next_message(ws)
-                if isinstance(msg, Welcome):
-                    regions = msg.regions
-                    region = _pick_region(regions, 0)
-                    await ws.send_message(node_message(endpoint.public_key, region.region_id))
-                    published = region.region_id
-                elif isinstance(msg, Peer):
-                    agent_node = msg.node
+            # (sends happen outside the timeout: a cancelled send could cut a frame)
+            if isinstance(msg, Welcome):
+                regions = msg.regions
+                region = _pick_region(regions, 0)
+                await ws.send_message(node_message(endpoint.public_key, region.region_id))
+                published = region.region_id
+            elif isinstance(msg, Peer):
+                agent_node = msg.node
             now = trio.current_time()
             if agent_node is None and now - started >= POLL_INTERVAL:
                 if now - state_at >= STATE_INTERVAL:
