@@ -1,4 +1,4 @@
-"""``python -m bench <name>``: run one benchmark (``relay``)."""
+"""``python -m bench <name>``: run one benchmark (``relay``, ``control``, ``ssh``)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,31 @@ import sys
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write("usage: python -m bench relay [--json] [--seconds S] [--rtt-count N]"
-                         " [--idle-clients N]\n")
+                         " [--idle-clients N]\n"
+                         "       python -m bench control [--backend sqlite|postgres|both]"
+                         " [--clients N] [--seconds S] [--builds N] [--json]\n"
+                         "       python -m bench ssh [--mib N] [--rtt-count N] [--runs N]"
+                         " [--json]\n")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "relay":
         from bench import relay
 
         return relay.main(rest)
+    if name == "control":
+        from bench import control
+
+        return control.main(rest)
+    if name == "ssh":
+        from bench import ssh
+
+        return ssh.main_cli(rest)
     if name == "_role":  # internal: child processes of a benchmark
         from bench import relay
 
         relay._run_role(rest)
         return 0
-    sys.stderr.write(f"python -m bench: unknown benchmark {name!r} (known: relay)\n")
+    sys.stderr.write(f"python -m bench: unknown benchmark {name!r} (known: relay, control, ssh)\n")
     return 2
 
 

@@ -228,13 +228,18 @@ async def main(mib: int, runs: int, use_sshd: bool, shell: str) -> None:
                 sshd[0].wait()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-sshd", action="store_true")
     parser.add_argument("--shell", default="/bin/bash", help="the shell every server runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if shutil.which("ssh") is None:
-        sys.exit("bench_ssh: OpenSSH client (ssh) not found")
+        sys.exit("bench ssh: OpenSSH client (ssh) not found")
     trio.run(main, args.mib, args.runs, not args.no_sshd, args.shell)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_cli(sys.argv[1:]))
