@@ -14,7 +14,9 @@ Theory of operation.  ``async with connect(client, "dev") as conn`` does, in ord
    tunnel :class:`~tunnel.endpoint.Endpoint` on it, and authorises exactly
    the agent's key, with the agent's direct endpoints to try in background;
 4. keeps reading the coordinator: a re-announced node (new endpoints, or a
-   new key after an agent restart) updates the endpoint's peer.
+   new key after an agent restart) updates the endpoint's peer.  A lost
+   coordinator (coderd restarting) leaves the tunnel alone; we rejoin with
+   backoff and publish our node again.
 
 The tunnel key is generated per connection: the coordinator tells the agent
 which client keys may reach it, so a key outlives nothing.  Leaving the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +64,9 @@ POLL_INTERVAL = 1.0
 REJOIN_TIMEOUT = 30.0
 # While waiting for the agent, how often its state is looked up for the spinner.
 STATE_INTERVAL = 3.0
+# Backoff bounds for rejoining a lost coordinator, seconds.
+REJOIN_MIN_DELAY = 0.5
+REJOIN_MAX_DELAY = 10.0
 
 
 class AccessError(Exception):
@@ -167,6 +173,8 @@ class WorkspaceConnection:
         self.agent_node = agent_node
         self.rejoin_timeout = rejoin_timeout
         self._agent_changed = trio.Event()
+        self.ws: trio_websocket.WebSocketConnection | None = None  # owned by _follow
+        self.coordinator_losses = 0
 
     @property
     def agent_key(self) -> bytes:
@@ -359,7 +367,7 @@ async def connect(
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await endpoint.aclose()
-                    await ws.aclose()
+                    await (conn.ws or ws).aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Our nursery wraps whatever the caller's block raised (strict
@@ -438,19 +446,51 @@ async def _join(
     await nursery.start(endpoint.run)
     conn = WorkspaceConnection(target, endpoint, derp, region, agent_node)
     endpoint.set_peer(agent_node.key, direct_endpoints=list(agent_node.endpoints))
-    nursery.start_soon(_follow, ws, conn)
+    conn.ws = ws
+    nursery.start_soon(_follow, nursery, client, ws, conn)
     return conn
 
 
-async def _follow(ws: trio_websocket.WebSocketConnection, conn: WorkspaceConnection) -> None:
-    """Apply the agent's re-announcements; a lost coordinator leaves the tunnel as it is."""
+async def _follow(
+    nursery: trio.Nursery,
+    client: Client,
+    ws: trio_websocket.WebSocketConnection,
+    conn: WorkspaceConnection,
+) -> None:
+    """Apply the agent's re-announcements.  When the coordinator goes away (coderd
+    restarting), the tunnel carries on and we rejoin with backoff, publishing our
+    node again -- an agent that reconnects learns its allowed clients only from
+    clients present on the coordinator."""
     while True:
         try:
-            msg = await _next_message(ws)
+            while True:
+                msg = await _next_message(ws)
+                if isinstance(msg, Peer):
+                    conn.set_agent(msg.node)
         except AccessError:
-            return
-        if isinstance(msg, Peer):
-            conn.set_agent(msg.node)
+            conn.coordinator_losses += 1
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await ws.aclose()
+        ws = await _rejoin(nursery, client, conn)
+
+
+async def _rejoin(
+    nursery: trio.Nursery, client: Client, conn: WorkspaceConnection
+) -> trio_websocket.WebSocketConnection:
+    delay = REJOIN_MIN_DELAY
+    while True:
+        await trio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, REJOIN_MAX_DELAY)
+        try:
+            ws = await _open_coordinator(nursery, client, conn.target)
+        except AccessError:
+            continue
+        try:
+            await ws.send_message(node_message(conn.endpoint.public_key, conn.region.region_id))
+        except trio_websocket.ConnectionClosed:
+            continue
+        conn.ws = ws
+        return ws
 
 
 def describe(conn: WorkspaceConnection) -> dict[str, Any]:

@@ -350,9 +350,10 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-async def test_ssh_transfer_survives_a_relay_restart(tmp_path: Path) -> None:
+async def test_transfers_survive_server_and_relay_restarts(tmp_path: Path) -> None:
     """The relay (embedded in burrow server) is stopped and started again in the middle of
-    an upload through OpenSSH + ProxyCommand; the upload completes, sha256 equal."""
+    an upload through OpenSSH + ProxyCommand; the upload completes, sha256 equal.  Then a
+    port-forward outlives a server restart and an agent restart after it."""
     port = _free_port()
     with running_world(tmp_path / "w", listen=f"127.0.0.1:{port}") as world:
         cfg = _ssh_config(world)
@@ -387,3 +388,33 @@ async def test_ssh_transfer_survives_a_relay_restart(tmp_path: Path) -> None:
             data = (workdir / "up.bin").read_bytes()
             assert len(data) == 16 << 20
             assert hashlib.sha256(data).digest() == digest.digest()
+
+        # A long-lived port-forward rejoins the coordinator after coderd restarts, so
+        # an agent that comes back afterwards (new key) learns it and serves it.
+        async with trio.open_nursery() as nursery:
+            http_port = await _http_server(nursery)
+            local = _free_port()
+            async with in_test_agent(world, ssh_workdir=workdir):
+                fwd = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "burrow.cli", "port-forward", "dev",
+                     "--tcp", f"{local}:{http_port}"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=world.env,
+                    stdin=subprocess.DEVNULL,
+                )
+                try:
+                    assert fwd.stdout is not None
+                    with trio.fail_after(30):
+                        await fwd.stdout.receive_some(4096)
+                    await _requests(local, "before")
+                    await trio.to_thread.run_sync(world.restart_server)
+                    await _requests(local, "between")  # the tunnel never needed coderd
+                except BaseException:
+                    fwd.kill()
+                    raise
+            try:
+                async with in_test_agent(world, ssh_workdir=workdir):
+                    await _requests(local, "after")
+            finally:
+                fwd.kill()
+                await fwd.wait()
+            nursery.cancel_scope.cancel()
