@@ -35,6 +35,7 @@ COMMANDS = (
     "ping",
     "speedtest",
     "netcheck",
+    "agent",
 )
 
 

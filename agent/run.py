@@ -1,0 +1,464 @@
+"""``burrow agent``: the process in a workspace that users' tunnels end at.
+
+Theory of operation.  :func:`run_agent` fetches the manifest from coderd
+(retrying with backoff while coderd is unreachable), measures each relay
+region of the manifest's relay map (``/derp/latency-check``) and homes on
+the fastest, then runs for good:
+
+* a :class:`~derp.client.DerpClient` to the home relay (it redials by itself)
+  and a tunnel :class:`~tunnel.endpoint.Endpoint` with the persisted node key,
+  plus a direct TCP listener whose address is advertised;
+* the coordinator WebSocket: the agent publishes its node, and every client
+  node coderd forwards is a key that may open sessions (``set_peer``).  No
+  other key can: the endpoint refuses handshakes from unknown keys.  When the
+  WebSocket drops (coderd restarting) it is reopened with backoff; the keys
+  learnt stay authorised for ``PEER_GRACE`` seconds after their client left,
+  so open sessions are not cut by a control-plane hiccup;
+* services on incoming streams: ``ssh`` (SSHServer with the persisted host
+  key, the manifest's env and directory, held behind the login gate while the
+  startup script runs if ``start_blocks_login``), ``tcp:<port>``
+  (ServiceRouter) and any extra service the caller adds (``speedtest``);
+* the startup script (lifecycle created -> starting -> ready | start_error |
+  start_timeout), its output shipped in batches by the :class:`Reporter`;
+  ports and stats snapshots every ``report_interval`` seconds.
+
+Shutdown (``shutdown`` event set, e.g. on SIGTERM): shutting_down, the
+shutdown script, off (or shutdown_error/timeout), the reports flushed for a
+moment, then everything is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from agent.http import CoderdClient, CoderdRefused, CoderdUnreachable, probe_latency
+from agent.lifecycle import State, shutdown_outcome, startup_outcome
+from agent.reports import Reporter
+from agent.scripts import LogLine, run_script
+from agent.services import ServiceRouter
+from agent.ssh_adapter import SSHServer
+from agent.stats import ConnStats
+from derp.client import DerpClient
+from derp.keys import generate_private_key
+from tunnel.derp_path import DerpPath
+from tunnel.endpoint import Endpoint
+from tunnel.stream import TunnelStream
+
+log = logging.getLogger("burrow.agent")
+
+PEER_GRACE = 300.0
+HEARTBEAT = 10.0
+MAX_BACKOFF = 30.0
+
+StreamService = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+class AgentError(Exception):
+    """The agent cannot run: coderd refused its token, or its data dir is unusable."""
+
+
+@dataclass
+class AgentOptions:
+    """How ``burrow agent`` runs.
+
+    Attributes:
+        url: coderd's access URL.
+        token: the agent token.
+        data_dir: where the node key and SSH host key persist.
+        force_websockets: reach the relay over WebSocket from the start.
+        direct_address: host to listen on for direct tunnel paths ("" = none).
+        startup_timeout: seconds before the startup script is killed
+            (start_timeout); the manifest's ``startup_script_timeout`` wins.
+        shutdown_timeout: the same for the shutdown script.
+        report_interval: seconds between ports/stats reports.
+        shell: the SSH sessions' shell (default: the user's login shell).
+        extra_services: stream services besides ssh and tcp:<port>.
+    """
+
+    url: str
+    token: str
+    data_dir: Path
+    force_websockets: bool = False
+    direct_address: str = "127.0.0.1"
+    startup_timeout: float = 300.0
+    shutdown_timeout: float = 60.0
+    report_interval: float = 15.0
+    shell: str | None = None
+    extra_services: Mapping[str, StreamService] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Region:
+    region_id: int
+    url: str
+
+
+def load_or_create_node_key(path: Path) -> bytes:
+    """The 32-byte node key kept (hex, 0600) at ``path``; created if absent.
+
+    Raises:
+        AgentError: the file exists but does not hold a key, or cannot be written.
+    """
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        key = generate_private_key()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key.hex() + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise AgentError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return key
+    except OSError as exc:
+        raise AgentError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise AgentError(f"{path} does not hold a 32-byte key (64 hex digits)")
+    return key
+
+
+def parse_regions(relay_map: Any) -> list[Region]:
+    """The usable regions of a relay map (malformed entries skipped)."""
+    out = []
+    regions = relay_map.get("regions") if isinstance(relay_map, dict) else None
+    for r in regions if isinstance(regions, list) else []:
+        if not isinstance(r, dict):
+            continue
+        rid, url = r.get("region_id"), r.get("url")
+        if isinstance(rid, int) and not isinstance(rid, bool) and isinstance(url, str) \
+                and url.startswith(("http://", "https://")):
+            out.append(Region(rid, url))
+    return out
+
+
+async def measure_regions(regions: list[Region], probes: int = 3,
+                          timeout: float = 3.0) -> dict[int, float]:
+    """Median latency (ms) per region that answered, probed concurrently."""
+    results: dict[int, float] = {}
+
+    async def one(region: Region) -> None:
+        samples = []
+        for _ in range(probes):
+            try:
+                samples.append(await probe_latency(region.url, timeout=timeout))
+            except Exception as exc:  # any failure of a probe means: not this region
+                log.info("relay region %d (%s) unreachable: %s", region.region_id, region.url,
+                         exc)
+                return
+        samples.sort()
+        results[region.region_id] = samples[len(samples) // 2] * 1000
+
+    async with trio.open_nursery() as nursery:
+        for region in regions:
+            nursery.start_soon(one, region)
+    return results
+
+
+def pick_home(regions: list[Region], latency_ms: Mapping[int, float]) -> Region:
+    """The region with the lowest latency; the first region if none answered.
+
+    Raises:
+        AgentError: the relay map has no regions.
+    """
+    if not regions:
+        raise AgentError("coderd's relay map has no usable region")
+    return min(regions, key=lambda r: (latency_ms.get(r.region_id, math.inf),
+                                       regions.index(r)))
+
+
+async def fetch_manifest(api: CoderdClient, *, max_backoff: float = MAX_BACKOFF) -> dict[str, Any]:
+    """The manifest, retried with backoff while coderd is unreachable or failing (5xx).
+
+    Raises:
+        AgentError: coderd refused the token (4xx).
+    """
+    backoff = 0.25
+    while True:
+        try:
+            manifest = await api.request("GET", "/workspaceagents/me/manifest")
+            if isinstance(manifest, dict):
+                return manifest
+            log.warning("manifest is not an object; retrying")
+        except CoderdUnreachable as exc:
+            log.info("coderd unreachable (%s); retrying in %.1f s", exc, backoff)
+        except CoderdRefused as exc:
+            if exc.status < 500:
+                raise AgentError(f"coderd refused the agent token: {exc}") from None
+            log.info("coderd failed (%s); retrying in %.1f s", exc, backoff)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)
+
+
+class Agent:
+    """One running agent (see the module docstring).
+
+    Args:
+        options: how to run.
+    """
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.api = CoderdClient(options.url, options.token)
+        self.shutdown = trio.Event()
+        self.ready = trio.Event()  # set once the node was published the first time
+        self.manifest: dict[str, Any] = {}
+        self.home: Region | None = None
+        self.latency_ms: dict[int, float] = {}
+        self.endpoint: Endpoint | None = None
+        self.derp: DerpClient | None = None
+        self.direct: tuple[str, int] | None = None
+        self.ssh_stats = ConnStats()
+        self.tcp_stats = ConnStats()
+        self.reporter = Reporter(self.api, interval=options.report_interval,
+                                 services={"ssh": self.ssh_stats, "tcp": self.tcp_stats})
+        self.login_gate = trio.Event()
+        self._startup_scope = trio.CancelScope()
+        self.peers: dict[str, bytes] = {}  # coordinator conn id -> client key
+        self._gone_at: dict[bytes, float] = {}  # client key -> when its last conn left
+        self.coordinator_connects = 0
+
+    # -- pieces ----------------------------------------------------------
+
+    def _node(self) -> dict[str, Any]:
+        assert self.endpoint is not None
+        assert self.home is not None
+        node: dict[str, Any] = {"key": self.endpoint.public_key.hex(),
+                                "home_region": self.home.region_id}
+        if self.latency_ms:
+            node["region_latency_ms"] = {str(k): round(v, 3)
+                                         for k, v in list(self.latency_ms.items())[:32]}
+        if self.direct is not None:
+            host, port = self.direct
+            node["endpoints"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        return node
+
+    def _on_peer(self, conn_id: str, node: Any) -> None:
+        key_hex = node.get("key") if isinstance(node, dict) else None
+        if not isinstance(key_hex, str) or len(key_hex) != 64:
+            return
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            return
+        assert self.endpoint is not None
+        endpoints = []
+        for e in node.get("endpoints") or []:
+            host, sep, port = str(e).rpartition(":")
+            if sep and port.isdigit() and host:
+                endpoints.append((host.strip("[]"), int(port)))
+        self.peers[conn_id] = key
+        self._gone_at.pop(key, None)
+        self.endpoint.set_peer(key, direct_endpoints=endpoints[:16])
+
+    def _on_peer_gone(self, conn_id: str) -> None:
+        key = self.peers.pop(conn_id, None)
+        if key is not None and key not in self.peers.values():
+            self._gone_at[key] = time.monotonic()
+
+    def _expire_peers(self) -> None:
+        assert self.endpoint is not None
+        now = time.monotonic()
+        for key, at in list(self._gone_at.items()):
+            if now - at > PEER_GRACE:
+                del self._gone_at[key]
+                self.endpoint.remove_peer(key)
+
+    async def _coordinate_once(self) -> None:
+        url = self.api.websocket_url("/workspaceagents/me/coordinate")
+        async with trio_websocket.open_websocket_url(
+            url, extra_headers=[self.api.auth_header], message_queue_size=64,
+            max_message_size=256 * 1024, connect_timeout=15, disconnect_timeout=2,
+        ) as ws:
+            welcome = json.loads(await ws.get_message())
+            if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
+                raise CoderdUnreachable("coordinator did not welcome us")
+            await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
+            self.coordinator_connects += 1
+            self.ready.set()
+            log.info("coordinator connected; node published (relay region %s)",
+                     self.home.region_id if self.home else "?")
+            async with trio.open_nursery() as nursery:
+                async def heartbeat() -> None:
+                    while True:
+                        await trio.sleep(HEARTBEAT)
+                        with trio.fail_after(HEARTBEAT):
+                            await ws.ping()
+
+                nursery.start_soon(heartbeat)
+                while True:
+                    msg = json.loads(await ws.get_message())
+                    if not isinstance(msg, dict):
+                        continue
+                    kind = msg.get("type")
+                    if kind == "peer":
+                        self._on_peer(str(msg.get("id", "")), msg.get("node"))
+                    elif kind == "peer_gone":
+                        self._on_peer_gone(str(msg.get("id", "")))
+                    elif kind == "error":
+                        log.warning("coordinator: %s", str(msg.get("message"))[:200])
+
+    async def coordinate(self) -> None:
+        """Hold the coordinator WebSocket, reopening it with backoff, forever."""
+        backoff = 0.25
+        while True:
+            started = trio.current_time()
+            try:
+                await self._coordinate_once()
+            except trio_websocket.HandshakeError as exc:
+                log.info("coordinator refused the connection: %s", exc)
+            except (trio_websocket.ConnectionClosed, OSError, trio.TooSlowError, ValueError,
+                    CoderdUnreachable, trio.BrokenResourceError) as exc:
+                log.info("coordinator connection lost: %s", exc or type(exc).__name__)
+            if trio.current_time() - started > 10:
+                backoff = 0.25
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            self._expire_peers()
+
+    async def _handle(self, router: ServiceRouter, peer: bytes, service: str,
+                      stream: TunnelStream) -> None:
+        extra = self.options.extra_services.get(service)
+        if extra is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await extra(stream)
+            return
+        await router.handle_tunnel_stream(peer, service, stream)
+
+    def _allow(self, router: ServiceRouter, peer: bytes, service: str) -> bool | str:
+        if service in self.options.extra_services:
+            return True
+        return router.allow(peer, service)
+
+    async def startup(self) -> None:
+        """Run the startup script and move the lifecycle to its outcome."""
+        with self._startup_scope:
+            await self._startup()
+
+    async def _startup(self) -> None:
+        m = self.manifest
+        script = str(m.get("startup_script") or "")
+        self.reporter.advance(State.STARTING)
+        if not script.strip():
+            self.reporter.advance(State.READY)
+            self.login_gate.set()
+            return
+        timeout = m.get("startup_script_timeout")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            timeout = self.options.startup_timeout
+        result = await run_script(script, cwd=self.workdir, env=self.env, timeout=float(timeout),
+                                  on_output=self.reporter.on_output)
+        log.info("startup script: exit %s after %.2f s%s", result.exit_code, result.duration,
+                 " (timed out)" if result.timed_out else "")
+        self.reporter.advance(startup_outcome(result.exit_code, result.timed_out))
+        self.login_gate.set()
+
+    async def stop(self) -> None:
+        """shutting_down, the shutdown script, then off (or its error/timeout)."""
+        self._startup_scope.cancel()
+        if self.reporter.lifecycle.state is State.STARTING:  # stopped mid-script
+            self.reporter.add_logs("startup_script", [LogLine(time.time(), "[burrow] startup "
+                                                              "script interrupted by shutdown")])
+            self.reporter.advance(State.START_ERROR)
+        self.login_gate.set()
+        self.reporter.advance(State.SHUTTING_DOWN)
+        script = str(self.manifest.get("shutdown_script") or "")
+        outcome = State.OFF
+        if script.strip():
+            result = await run_script(script, cwd=self.workdir, env=self.env,
+                                      timeout=self.options.shutdown_timeout,
+                                      on_output=self.reporter.on_shutdown_output)
+            outcome = shutdown_outcome(result.exit_code, result.timed_out)
+        self.reporter.advance(outcome)
+        await self.reporter.flushed(3.0)
+
+    @property
+    def workdir(self) -> Path:
+        directory = str(self.manifest.get("directory") or "")
+        path = Path(os.path.expanduser(directory)) if directory else Path.home()
+        return path if path.is_dir() else Path.home()
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = self.manifest.get("env")
+        out = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+        for key, name in (("workspace_name", "BURROW_WORKSPACE_NAME"),
+                          ("owner_name", "BURROW_WORKSPACE_OWNER")):
+            if isinstance(self.manifest.get(key), str):
+                out.setdefault(name, self.manifest[key])
+        return out
+
+    # -- the whole ------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until ``shutdown`` is set, then stop cleanly.
+
+        Raises:
+            AgentError: coderd refused the token, no relay region, bad data dir.
+        """
+        opts = self.options
+        key = load_or_create_node_key(opts.data_dir / "node_key")
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self.reporter.run_outbox)
+            self.manifest = await fetch_manifest(self.api)
+            log.info("manifest: workspace %s, agent %s", self.manifest.get("workspace_name"),
+                     self.manifest.get("agent_name"))
+            regions = parse_regions(self.manifest.get("relay_map"))
+            self.latency_ms = await measure_regions(regions)
+            self.home = pick_home(regions, self.latency_ms)
+            log.info("home relay: region %d %s (%s)", self.home.region_id, self.home.url,
+                     ", ".join(f"{k}: {v:.1f} ms" for k, v in self.latency_ms.items()) or
+                     "no latency measured")
+            self.derp = DerpClient(self.home.url, key, force_websocket=opts.force_websockets)
+            gate = self.login_gate if self.manifest.get("start_blocks_login") else None
+            try:
+                ssh = SSHServer(opts.data_dir / "ssh_host_ed25519_key", shell=opts.shell,
+                                env=self.env, workdir=self.workdir, stats=self.ssh_stats,
+                                login_gate=gate)
+            except Exception as exc:  # HostKeyError, OSError
+                raise AgentError(f"cannot load the SSH host key: {exc}") from None
+            router = ServiceRouter(ssh.serve_stream, tcp_stats=self.tcp_stats)
+            self.endpoint = Endpoint(
+                key, relay=DerpPath(self.derp),
+                allow=lambda peer, service: self._allow(router, peer, service))
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self.derp.run)
+                await inner.start(self.endpoint.run)
+                if opts.direct_address:
+                    try:
+                        self.direct = await self.endpoint.listen_direct(opts.direct_address, 0)
+                    except OSError as exc:
+                        log.warning("no direct path: %s", exc)
+                endpoint = self.endpoint
+                inner.start_soon(endpoint.serve,
+                                 lambda p, s, st: self._handle(router, p, s, st))
+                inner.start_soon(self.coordinate)
+                inner.start_soon(self.reporter.run_snapshots, self._expire_peers)
+                inner.start_soon(self.startup)
+                task_status.started()
+                await self.shutdown.wait()
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(opts.shutdown_timeout + 10):
+                        await self.stop()
+                    with trio.move_on_after(1.0):
+                        await endpoint.aclose()
+                inner.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
