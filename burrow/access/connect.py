@@ -378,17 +378,44 @@ async def connect(
         raise leaf from None
 
 
-async def _agent_state(client: Client, target: Target) -> str:
-    """``" (agent: <status>, <lifecycle>)"`` for the spinner; "" when unknown."""
-    try:
-        ws = await client.workspace(target.workspace_id)
-    except (ApiError, ConnectError):
-        return ""
-    for a in (ws.get("latest_build") or {}).get("agents") or []:
-        if a.get("id") == target.agent_id:
-            parts = [str(a[k]) for k in ("status", "lifecycle_state") if a.get(k)]
-            return f" (agent: {', '.join(parts)})" if parts else ""
-    return ""
+class _AgentWatch:
+    """While waiting for the agent: its status and lifecycle, and the tail of its
+    startup log, for the spinner (every lookup failure just shows less)."""
+
+    def __init__(self, client: Client, target: Target) -> None:
+        self.client = client
+        self.target = target
+        self.state = ""
+        self.log_tail = ""
+        self._log_after = 0
+        self._logs_supported = True
+
+    async def refresh(self) -> None:
+        try:
+            ws = await self.client.workspace(self.target.workspace_id)
+        except (ApiError, ConnectError):
+            return
+        for a in (ws.get("latest_build") or {}).get("agents") or []:
+            if a.get("id") == self.target.agent_id:
+                parts = [str(a[k]) for k in ("status", "lifecycle_state") if a.get(k)]
+                self.state = f" (agent: {', '.join(parts)})" if parts else ""
+        if not self._logs_supported:
+            return
+        try:
+            out = await self.client.request(
+                "GET", f"/workspaceagents/{self.target.agent_id}/logs",
+                query={"after": str(self._log_after)},
+            )
+        except ApiError:
+            self._logs_supported = False  # a server without agent logs
+            return
+        except ConnectError:
+            return
+        lines = out.get("logs") if isinstance(out, dict) else None
+        for line in lines if isinstance(lines, list) else []:
+            if isinstance(line, dict) and isinstance(line.get("id"), int):
+                self._log_after = max(self._log_after, line["id"])
+                self.log_tail = str(line.get("output", ""))[:200]
 
 
 async def _join(
@@ -406,7 +433,7 @@ async def _join(
     agent_node: Node | None = None
     published = -1
     started = trio.current_time()
-    state, state_at = "", -math.inf
+    watch, watched_at = _AgentWatch(client, target), -math.inf
     with trio.move_on_at(deadline) as scope:
         while agent_node is None:
             msg: Welcome | Peer | None = None
@@ -422,11 +449,13 @@ async def _join(
                 agent_node = msg.node
             now = trio.current_time()
             if agent_node is None and now - started >= POLL_INTERVAL:
-                if now - state_at >= STATE_INTERVAL:
-                    state, state_at = await _agent_state(client, target), now
+                if now - watched_at >= STATE_INTERVAL:
+                    await watch.refresh()
+                    watched_at = now
                 progress.update(
                     f"waiting for agent {target.agent_name} of {target.workspace} to connect"
-                    f"{state}..."
+                    f"{watch.state}...",
+                    watch.log_tail,
                 )
     if scope.cancelled_caught or agent_node is None:
         raise AccessError(

@@ -117,3 +117,40 @@ def test_progress_spinner_on_a_tty_and_plain_lines_otherwise() -> None:
     quiet = io.StringIO()
     Progress(quiet, quiet=True).update("x")
     assert quiet.getvalue() == ""
+
+
+class WatchClient:
+    def __init__(self, logs: Any) -> None:
+        self.logs = logs
+        self.queries: list[dict[str, str]] = []
+
+    async def workspace(self, ref: str) -> dict[str, Any]:
+        return running({**AGENT, "status": "connecting", "lifecycle_state": "starting"})
+
+    async def request(self, method: str, path: str, *, query: dict[str, str]) -> Any:
+        assert path == "/workspaceagents/a1/logs"
+        self.queries.append(query)
+        if isinstance(self.logs, Exception):
+            raise self.logs
+        return self.logs
+
+
+async def test_agent_watch_shows_state_and_startup_log_tail() -> None:
+    from burrow.access.connect import _AgentWatch
+
+    target = Target("dev", "w1", "a1", "main")
+    client = WatchClient({"logs": [{"id": 4, "output": "npm install"},
+                                   {"id": 5, "output": "listening on 3000"}, "junk"]})
+    watch = _AgentWatch(client, target)  # type: ignore[arg-type]
+    await watch.refresh()
+    assert watch.state == " (agent: connecting, starting)"
+    assert watch.log_tail == "listening on 3000"
+    await watch.refresh()
+    assert client.queries == [{"after": "0"}, {"after": "5"}]
+    # a server without the logs route: asked once, then never again
+    old = WatchClient(ApiError(404, "not found"))
+    watch = _AgentWatch(old, target)  # type: ignore[arg-type]
+    await watch.refresh()
+    await watch.refresh()
+    assert len(old.queries) == 1
+    assert watch.log_tail == ""
