@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from burrow import sshconfig
     from burrow.api_client import config_dir, run_command, session_client
 
-    path = os.path.expanduser(args.ssh_config_file)
+    # A symlinked config (dotfile managers) is edited where it points, not replaced.
+    path = os.path.realpath(os.path.expanduser(args.ssh_config_file))
     env: tuple[tuple[str, str], ...] = ()
     if os.environ.get("BURROW_CONFIG_DIR"):
         env = (("BURROW_CONFIG_DIR", os.path.abspath(config_dir())),)

@@ -79,6 +79,14 @@ def test_config_ssh_idempotent_dry_run_and_preserving(world: World) -> None:
     assert "up to date" in world.ok("config-ssh", "--ssh-config-file", str(path))
     assert path.read_text() == text
     assert world.ok("config-ssh", "--ssh-config-file", str(path), "--dry-run") == ""
+    # a symlinked config is edited in place: the link stays a link
+    target = world.tmp / "cfgtest" / "dotfiles-config"
+    target.write_text(user)
+    link = world.tmp / "cfgtest" / "link"
+    link.symlink_to(target)
+    world.ok("config-ssh", "--ssh-config-file", str(link))
+    assert link.is_symlink()
+    assert "Host burrow.dev" in target.read_text()
     # a damaged block is refused, not guessed at
     path.write_text(text.replace("# ------------END-BURROW-------------\n", ""))
     proc = world.cli("config-ssh", "--ssh-config-file", str(path))
