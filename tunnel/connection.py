@@ -120,7 +120,10 @@ class StreamState:
         self.send_base = 0
         self.send_next = 0  # first never-sent offset
         self.acked: list[tuple[int, int]] = []  # acked [start, end) above send_base
-        self.retx: deque[tuple[int, int, bool]] = deque()  # (offset, length, fin)
+        # Byte ranges [start, end) to resend, sorted and merged: however often
+        # the same bytes are declared lost, they are queued once.
+        self.retx: list[tuple[int, int]] = []
+        self.retx_fin = False  # the FIN must be resent
         self.peer_max = 0  # peer's MAX_STREAM_DATA
         self.bulk = False  # our last new-data packet for this stream was full
         self.fin_queued = False
@@ -160,6 +163,40 @@ class StreamState:
 
     def unsent(self) -> int:
         return self.send_base + len(self.buf) - self.send_next
+
+
+def _add_range(st: StreamState, start: int, end: int) -> None:
+    """Queue [start, end) for resending, minus what is already acknowledged,
+    merged into ``st.retx``."""
+    start = max(start, st.send_base)
+    pieces = [(start, end)]
+    for a, b in st.acked:  # carve out ranges acknowledged above send_base
+        nxt = []
+        for x, y in pieces:
+            if b <= x or a >= y:
+                nxt.append((x, y))
+                continue
+            if x < a:
+                nxt.append((x, a))
+            if b < y:
+                nxt.append((b, y))
+        pieces = nxt
+    rs = st.retx
+    for x, y in pieces:
+        if y <= x:
+            continue
+        i = bisect.bisect_left(rs, (x, y))
+        rs.insert(i, (x, y))
+        # merge with neighbours
+        j = max(i - 1, 0)
+        while j + 1 < len(rs):
+            if rs[j][1] >= rs[j + 1][0]:
+                rs[j] = (rs[j][0], max(rs[j][1], rs[j + 1][1]))
+                del rs[j + 1]
+            elif j >= i:
+                break
+            else:
+                j += 1
 
 
 @dataclass
@@ -608,6 +645,7 @@ class Connection:
     def _abort_send(self, st: StreamState, code: int, reason: str) -> None:
         st.send_reset = True
         st.retx.clear()
+        st.retx_fin = False
         st.buf.clear()
         st.send_base = st.send_next
         st.acked.clear()
@@ -687,14 +725,17 @@ class Connection:
                     if st is not None and not st.recv_done():
                         st.max_dirty = True
                         self._ready[sid] = None
-                elif kind != fr.FrameType.PING:
+                elif kind != fr.FrameType.PING and item not in self._control:
                     self._control.append(item)
             else:
                 sid, offset, length, fin = item
                 st = self.streams.get(sid)
                 if st is None or st.send_reset:
                     continue
-                st.retx.append((offset, length, fin))
+                if length:
+                    _add_range(st, offset, offset + length)
+                if fin and not st.fin_acked:
+                    st.retx_fin = True
                 self._ready[sid] = None
 
     def _on_packet_acked(self, rec: _Sent) -> None:
@@ -824,27 +865,31 @@ class Connection:
                     self._ready.pop(sid, None)
                 continue
             while st.retx and limit - size > fr.STREAM_HEADER:
-                offset, length, fin = st.retx.popleft()
-                end = offset + length
-                if offset < st.send_base:
-                    offset = min(st.send_base, end)
-                if fin and st.fin_acked:
-                    fin = False
+                offset, end = st.retx[0]
+                offset = max(offset, st.send_base)  # acknowledged since
+                if end <= offset:
+                    del st.retx[0]
+                    continue
                 room = limit - size - fr.STREAM_HEADER
                 if end - offset > room:
-                    st.retx.appendleft((offset + room, end - offset - room, fin))
-                    end, fin = offset + room, False
-                if end == offset and not fin:
-                    continue
+                    st.retx[0] = (offset + room, end)
+                    end = offset + room
+                else:
+                    del st.retx[0]
                 lo = offset - st.send_base
-                chunk = memoryview(st.buf)[lo : lo + (end - offset)]
-                parts.append(fr.stream_header(sid, offset, fin, end - offset))
-                parts.append(chunk)
+                parts.append(fr.stream_header(sid, offset, False, end - offset))
+                parts.append(memoryview(st.buf)[lo : lo + (end - offset)])
                 size += fr.STREAM_HEADER + (end - offset)
-                rec.items.append((sid, offset, end - offset, fin))
+                rec.items.append((sid, offset, end - offset, False))
                 self.stats["retransmitted_bytes"] += end - offset
             if st.retx:
                 break  # packet full
+            if st.retx_fin and limit - size >= fr.STREAM_HEADER:
+                st.retx_fin = False
+                if not st.fin_acked:  # the FIN sits at the final size
+                    parts.append(fr.stream_header(sid, st.send_next, True, 0))
+                    size += fr.STREAM_HEADER
+                    rec.items.append((sid, st.send_next, 0, True))
             room = limit - size - fr.STREAM_HEADER
             unsent = st.unsent()
             credit = min(st.peer_max - st.send_next, self._peer_max_data - self._sent_total)

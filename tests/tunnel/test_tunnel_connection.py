@@ -148,3 +148,32 @@ def test_any_authenticated_frames_never_raise(packets: list[tuple[int, list[byte
         c.poll(now)
         c.on_timer(now)
         c.take_changed()
+
+
+@given(
+    hs.lists(hs.tuples(hs.integers(0, 300), hs.integers(1, 60)), max_size=30),
+    hs.lists(hs.tuples(hs.integers(0, 300), hs.integers(1, 60)), max_size=5),
+    hs.integers(0, 100),
+)
+def test_retransmit_ranges_merge_like_a_set(
+    lost: list[tuple[int, int]], acked: list[tuple[int, int]], base: int
+) -> None:
+    from tunnel.connection import StreamPhase, StreamState, _add_range
+
+    st = StreamState(1, "x", StreamPhase.OPEN, Config())
+    st.send_base = base
+    acked_ranges = sorted((a, a + n) for a, n in acked)
+    st.acked = acked_ranges
+    want: set[int] = set()
+    for a, n in lost:
+        _add_range(st, a, a + n)
+        want |= set(range(max(a, base), a + n))
+    for a, b in acked_ranges:
+        want -= set(range(a, b))
+    got: set[int] = set()
+    for i, (a, b) in enumerate(st.retx):
+        assert a < b
+        if i:
+            assert st.retx[i - 1][1] < a  # sorted, disjoint, not touching
+        got |= set(range(a, b))
+    assert got == want

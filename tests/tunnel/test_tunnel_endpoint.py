@@ -343,3 +343,38 @@ async def test_cancelled_open_resets_the_accepted_side() -> None:
             assert service == "slow"
             with pytest.raises(trio.BrokenResourceError):
                 await stream.receive_some()
+
+
+async def test_path_reset_storm_on_a_lossy_relay(autojump_clock: trio.testing.MockClock) -> None:
+    """Relay reconnects over and over (each one resends everything in flight)
+    while it also drops packets: the transfer still completes, intact."""
+
+    class Stormy(MemoryNetwork):
+        def _deliver(self, src: bytes, dst: bytes, data: bytes) -> None:
+            super()._deliver(src, dst, data)
+            if self.counts["sent"] % 80 == 0:
+                self.reset()  # every 80th datagram, the relay "reconnects"
+
+    net = Stormy(loss=0.05, reorder=0.05, duplicate=0.02, seed=21)
+    blob = random.Random(10).randbytes(2 << 20)
+    results: dict[str, str] = {}
+
+    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
+        h = hashlib.sha256()
+        while data := await stream.receive_some():
+            h.update(data)
+        results[service] = h.hexdigest()
+        await stream.aclose()
+
+    async with pair(net, Config(max_packet=8192)) as (a, b), trio.open_nursery() as nursery:
+        nursery.start_soon(b.serve, sink)
+        with trio.fail_after(120):
+            s = await a.open_stream(b.public_key, "blob")
+            await s.send_all(blob)
+            await s.send_eof()
+            assert await s.receive_some() == b""
+        session = a.session(b.public_key)
+        assert session is not None
+        assert session.path_changes > 5
+        nursery.cancel_scope.cancel()
+    assert results["blob"] == hashlib.sha256(blob).hexdigest()
