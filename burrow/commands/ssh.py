@@ -63,7 +63,7 @@ def _run_stdio(args: argparse.Namespace) -> int:
 
         from burrow.access.connect import connect, lifecycle_warning
         from burrow.access.progress import Progress
-        from burrow.access.splice import COPY_SIZE, copy_one_way
+        from burrow.access.splice import COPY_SIZE
         from burrow.api_client import session_client
 
         client = session_client()
@@ -75,25 +75,43 @@ def _run_stdio(args: argparse.Namespace) -> int:
             stream = await conn.open_stream("ssh")
             stdin = trio.lowlevel.FdStream(os.dup(0))
             stdout = trio.lowlevel.FdStream(os.dup(1))
+            broken: list[str] = []  # why the tunnel side broke, if it did
             async with stream, stdin, stdout, trio.open_nursery() as nursery:
 
                 async def up() -> None:
                     try:
-                        await copy_one_way(stdin, stream)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        nursery.cancel_scope.cancel()
+                        while data := await stdin.receive_some(COPY_SIZE):
+                            try:
+                                await stream.send_all(data)
+                            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                                broken.append(str(exc))
+                                nursery.cancel_scope.cancel()
+                                return
+                        await stream.send_eof()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        nursery.cancel_scope.cancel()  # stdin went away: ssh is gone
 
                 async def down() -> None:
                     # The session is over when the agent's side ends.
-                    try:
-                        while data := await stream.receive_some(COPY_SIZE):
+                    while True:
+                        try:
+                            data = await stream.receive_some(COPY_SIZE)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                            broken.append(str(exc))
+                            break
+                        if not data:
+                            break
+                        try:
                             await stdout.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            break  # ssh is gone
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(up)
                 nursery.start_soon(down)
+        if broken:
+            sys.stderr.write(f"burrow ssh: the tunnel to {args.workspace} broke: {broken[0]}\n")
+            return 1
         return 0
 
     return run_access("ssh", main)

@@ -207,6 +207,34 @@ async def test_burrow_ssh_interactive_on_a_pty(world: World, tmp_path: Path) -> 
     assert b"/dev/pts/" in out
 
 
+async def test_agent_going_away_mid_session_is_one_line_from_the_proxycommand(
+    world: World, tmp_path: Path
+) -> None:
+    cfg = _ssh_config(world)
+    async with trio.open_nursery() as nursery:
+        async with in_test_agent(world, ssh_workdir=tmp_path):
+            proc = await trio.lowlevel.open_process(
+                ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", "burrow.dev",
+                 "echo started; sleep 30"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env,
+                stdin=subprocess.DEVNULL,
+            )
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            with trio.fail_after(30):
+                assert await proc.stdout.receive_some(100) == b"started\n"
+        # the agent closed its tunnel endpoint (telling the client's session)
+        err = b""
+        with trio.fail_after(30):
+            while chunk := await proc.stderr.receive_some(4096):
+                err += chunk
+            await proc.wait()
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 255
+    assert b"burrow ssh: the tunnel to dev broke: " in err
+    assert b"Traceback" not in err
+
+
 async def test_ssh_stdio_errors_are_one_line_and_stdout_stays_clean(world: World) -> None:
     proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "2", "nope")
     assert proc.returncode == 1
