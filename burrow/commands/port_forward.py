@@ -72,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
                         listener: trio.SocketListener) -> None:
             async with listener, trio.open_nursery() as nursery:
                 while True:
-                    sock = await listener.accept()
+                    try:
+                        sock = await listener.accept()
+                    except OSError as exc:  # e.g. out of file descriptors: retry soon
+                        sys.stderr.write(f"burrow port-forward: accept on port "
+                                         f"{fwd.local_port}: {exc.strerror or exc}\n")
+                        await trio.sleep(0.5)
+                        continue
                     nursery.start_soon(handle, conn, fwd, sock)
 
         client = session_client()
