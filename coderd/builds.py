@@ -145,6 +145,25 @@ def _resources(build_id: str, raw: Any) -> list[Resource]:
     return out
 
 
+def agent_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """The agent options a template declared (wrong types are ignored)."""
+    out: dict[str, Any] = {}
+    if isinstance(raw.get("shutdown_script"), str):
+        out["shutdown_script"] = raw["shutdown_script"]
+    timeout = raw.get("startup_script_timeout")
+    if isinstance(timeout, str):
+        try:
+            timeout = float(timeout)
+        except ValueError:
+            timeout = None
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e7:
+        out["startup_script_timeout"] = float(timeout)
+    blocks = raw.get("start_blocks_login")
+    if isinstance(blocks, bool) or blocks in ("true", "false"):
+        out["start_blocks_login"] = blocks is True or blocks == "true"
+    return out
+
+
 def _agents(
     build: Build, token_hash: str, resources: list[Resource], raw: Any
 ) -> list[Agent]:
@@ -172,6 +191,7 @@ def _agents(
                 startup_script=str(a.get("startup_script", "")),
                 env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
                 created_at=now,
+                options=agent_options(a),
             )
         )
     return out

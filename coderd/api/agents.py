@@ -9,7 +9,9 @@ from typing import Any
 
 from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
 from coderd.api.schema import ApiError, Field
+from coderd.auth import has_role
 from coderd.deps import Coderd
+from coderd.store.base import AgentLogLine, Role
 from relay.http import Response
 
 
@@ -56,6 +58,9 @@ async def get_manifest(call: Call) -> Response:
             "directory": agent.directory,
             "startup_script": agent.startup_script,
             "env": dict(agent.env),
+            "shutdown_script": str(agent.options.get("shutdown_script", "")),
+            "startup_script_timeout": agent.options.get("startup_script_timeout"),
+            "start_blocks_login": bool(agent.options.get("start_blocks_login", False)),
             "access_url": call.cd.access_url,
             "relay_map": relay_map(call.cd),
         },
@@ -129,6 +134,51 @@ async def post_stats(call: Call) -> Response:
     return Response(204)
 
 
+MAX_LOG_LINES = 50_000  # per agent; later lines are not stored (the agent marks gaps)
+MAX_LOG_BATCH = 1000
+MAX_LOG_LINE = 16 * 1024
+LOG_SOURCES = ("startup_script", "shutdown_script")
+
+
+async def post_logs(call: Call) -> Response:
+    assert call.agent is not None
+    raw = call.body["logs"]
+    if len(raw) > MAX_LOG_BATCH:
+        raise _invalid("logs", f"at most {MAX_LOG_BATCH} lines per request")
+    source = call.body.get("source", "startup_script")
+    lines: list[AgentLogLine] = []
+    for entry in raw:
+        if not isinstance(entry, dict) or set(entry) - {"at", "text"}:
+            raise _invalid("logs", "each line is {text, at?}")
+        text, at = entry.get("text"), entry.get("at", 0)
+        if not isinstance(text, str) or len(text) > MAX_LOG_LINE:
+            raise _invalid("logs", f"text must be a string of <= {MAX_LOG_LINE} characters")
+        if not isinstance(at, int | float) or isinstance(at, bool) or not 0 <= at < 1e11:
+            raise _invalid("logs", "at must be UNIX seconds")
+        lines.append(AgentLogLine(output=text, source=source, created_at=float(at)))
+    stored = await call.cd.store.append_agent_logs(call.agent.id, lines, MAX_LOG_LINES)
+    return Response.json(200, {"stored": stored, "dropped": len(lines) - stored})
+
+
+async def get_logs(call: Call) -> Response:
+    store = call.cd.store
+    agent = await store.get_agent(call.params["agent"])
+    ws = await store.get_workspace(agent.workspace_id) if agent else None
+    user = call.user
+    if agent is None or ws is None or (ws.owner_id != user.id and not has_role(user, Role.OWNER)):
+        raise ApiError(404, "no such agent")
+    try:
+        after = int(call.query("after", "0"))
+    except ValueError:
+        raise _invalid("after", "must be an integer") from None
+    if not 0 <= after < 2**62:
+        raise _invalid("after", "must be a non-negative integer")
+    logs = await store.get_agent_logs(agent.id, after, MAX_LOG_BATCH)
+    return Response.json(200, {"logs": [
+        {"id": line.id, "at": line.created_at, "source": line.source, "text": line.output}
+        for line in logs]})
+
+
 ROUTES = [
     Route("GET", "/relaymap", get_relay_map, AUTHENTICATED, "The relay regions"),
     Route(
@@ -160,5 +210,17 @@ ROUTES = [
                                 description="{name: {sessions_total, sessions_open, bytes_in,"
                                 " bytes_out, errors}}")},
         responses={204: "recorded"},
+    ),
+    Route(
+        "POST", "/workspaceagents/me/logs", post_logs, AGENT,
+        "Append startup/shutdown script output (at most 1000 lines per request;"
+        " lines past 50000 per agent are not stored)",
+        body={"logs": Field("array", required=True, description="[{text, at?: UNIX seconds}]"),
+              "source": Field("string", enum=LOG_SOURCES, max_len=32)},
+        responses={200: "{stored, dropped}"},
+    ),
+    Route(
+        "GET", "/workspaceagents/{agent}/logs", get_logs, AUTHENTICATED,
+        "The agent's script output after id ?after=N (1000 lines at most)",
     ),
 ]

@@ -165,6 +165,16 @@ class Job:
 
 
 @dataclass(frozen=True)
+class AgentLogLine:
+    """One line of an agent's script output.  ``id`` is assigned by the store."""
+
+    output: str
+    source: str = "startup_script"
+    created_at: float = 0.0
+    id: int = 0
+
+
+@dataclass(frozen=True)
 class LogLine:
     """One line of job output.  ``id`` is assigned by the store (0 before)."""
 
@@ -207,6 +217,9 @@ class Agent:
     ports: tuple[Mapping[str, Any], ...] = ()
     stats: Mapping[str, Any] = field(default_factory=dict)
     reported_at: float | None = None
+    # Template-declared options beyond the startup script: shutdown_script,
+    # startup_script_timeout (seconds), start_blocks_login (bool).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -421,6 +434,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
         """Record that the agent's coordinator connection opened (True) or ended."""
+
+    @abc.abstractmethod
+    async def append_agent_logs(
+        self, agent_id: str, lines: list[AgentLogLine], max_lines: int
+    ) -> int:
+        """Append script output lines, keeping at most ``max_lines`` per agent:
+        lines past that are not stored.  Returns how many were stored."""
+
+    @abc.abstractmethod
+    async def get_agent_logs(
+        self, agent_id: str, after_id: int = 0, limit: int = 1000
+    ) -> list[AgentLogLine]:
+        """The agent's log lines with ``id > after_id``, oldest first, at most ``limit``."""
 
     @abc.abstractmethod
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:

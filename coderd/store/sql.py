@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from coderd.store.aiobridge import AsyncioThread
 from coderd.store.base import (
     Agent,
+    AgentLogLine,
     ApiKey,
     Build,
     Conflict,
@@ -197,6 +198,7 @@ def _agent(r: Row) -> Agent:
         ports=tuple(json.loads(r["ports"])),
         stats=json.loads(r["stats"]),
         reported_at=r["reported_at"],
+        options=json.loads(r["options"]),
     )
 
 
@@ -706,8 +708,8 @@ class SqlStore(Store):
             for a in agents:
                 await tx.execute(
                     "INSERT INTO workspace_agents (id, build_id, workspace_id, resource_id, name,"
-                    " token_hash, os, arch, directory, startup_script, env, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " token_hash, os, arch, directory, startup_script, env, created_at, options)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     a.id,
                     build_id,
                     a.workspace_id,
@@ -720,6 +722,7 @@ class SqlStore(Store):
                     a.startup_script,
                     _json(dict(a.env)),
                     a.created_at,
+                    _json(dict(a.options)),
                 )
 
         await self._tx(q, write=True)
@@ -815,6 +818,48 @@ class SqlStore(Store):
                 )
 
         await self._tx(q, write=True)
+
+    async def append_agent_logs(
+        self, agent_id: str, lines: list[AgentLogLine], max_lines: int
+    ) -> int:
+        now = time.time()
+
+        async def q(tx: Tx) -> int:
+            row = await tx.fetchone(
+                "SELECT COUNT(*) AS n FROM workspace_agent_logs WHERE agent_id = ?", agent_id
+            )
+            room = max(0, max_lines - int(row["n"] if row else 0))
+            for line in lines[:room]:
+                await tx.execute(
+                    "INSERT INTO workspace_agent_logs (agent_id, created_at, source, output)"
+                    " VALUES (?, ?, ?, ?)",
+                    agent_id,
+                    line.created_at or now,
+                    line.source,
+                    line.output,
+                )
+            return min(room, len(lines))
+
+        return await self._tx(q, write=True)
+
+    async def get_agent_logs(
+        self, agent_id: str, after_id: int = 0, limit: int = 1000
+    ) -> list[AgentLogLine]:
+        async def q(tx: Tx) -> list[AgentLogLine]:
+            rows = await tx.fetchall(
+                "SELECT * FROM workspace_agent_logs WHERE agent_id = ? AND id > ?"
+                " ORDER BY id LIMIT ?",
+                agent_id,
+                after_id,
+                limit,
+            )
+            return [
+                AgentLogLine(output=r["output"], source=r["source"],
+                             created_at=r["created_at"], id=int(r["id"]))
+                for r in rows
+            ]
+
+        return await self._tx(q)
 
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:
         async def q(tx: Tx) -> bytes | None:
