@@ -55,6 +55,7 @@ from tunnel.errors import ProtocolError
 from tunnel.frames import ErrorCode
 
 PACKET_THRESHOLD = 3
+MAX_REMEMBERED_LOST = 1024
 TIME_THRESHOLD = 9 / 8
 INITIAL_MAX_DATA = 1 << 20
 _EMPTY = b""
@@ -218,6 +219,7 @@ class Connection:
         # packet numbers and loss recovery
         self._pn = 0
         self._sent: dict[int, _Sent] = {}
+        self._lost: dict[int, _Sent] = {}  # declared lost; a late ACK still counts
         self._largest_acked = -1
         self._srtt: float | None = None
         self._rttvar = 0.0
@@ -682,6 +684,21 @@ class Connection:
                 if pn == largest:
                     newly_largest = rec
                 self._on_packet_acked(rec)
+        # Packets declared lost too early (a path reset, reordering) may be
+        # acknowledged after all: their data counts as delivered, so it is
+        # not resent yet again.
+        lost = self._lost
+        if lost:
+            ri = 0
+            for pn in list(lost):
+                if pn > largest:
+                    break
+                while ri < len(ranges) and ranges[ri][1] < pn:
+                    ri += 1
+                if ri == len(ranges):
+                    break
+                if ranges[ri][0] <= pn:
+                    self._on_packet_acked(lost.pop(pn))
         if not any_new:
             return
         if largest > self._largest_acked:
@@ -714,6 +731,9 @@ class Connection:
     def _declare_lost(self, pn: int) -> None:
         rec = self._sent.pop(pn)
         self.stats["packets_lost"] += 1
+        self._lost[pn] = rec
+        if len(self._lost) > MAX_REMEMBERED_LOST:
+            del self._lost[next(iter(self._lost))]
         for item in rec.items:
             if isinstance(item, bytes):
                 kind = item[0]
