@@ -1,27 +1,45 @@
-"""Quick benchmark of the agent's SSH server paths (a script, not a test).
+"""``python -m bench ssh``: OpenSSH's client into burrow, beside OpenSSH's own server.
 
-    .venv/bin/python -m agent.bench_ssh [--mib 256] [--runs 5] [--no-sshd]
+One run, all on loopback, OpenSSH's ``ssh`` client against:
 
-OpenSSH's client against, on loopback:
+* ``sshd``: Debian's OpenSSH server (``/usr/sbin/sshd``) on a free high port
+  with its own config, host key and authorized key, run as root without PAM:
+  the baseline every ratio is taken against;
+* ``burrow relay``: ``ssh burrow.<ws>`` through the ``ProxyCommand`` that
+  ``burrow config-ssh`` writes (``burrow ssh --stdio``), a real ``burrow
+  server`` (coordinator + embedded DERP relay), the tunnel over the relay;
+* ``burrow direct``: the same, to a second workspace whose agent advertises a
+  direct endpoint on loopback, so the tunnel takes the direct path;
+* ``asyncssh on TCP``: the agent's SSH server (``agent.ssh_adapter``) on a
+  plain loopback socket, no tunnel, no ProxyCommand: attribution only.
 
-* ``stream``: :meth:`SSHServer.serve_stream` on a trio stream (the agent's
-  path: asyncssh on the custom transport);
-* ``socket``: asyncssh's own asyncio socket transport (``serve_socket``);
-* ``socketpair``: the alternative bridge -- trio stream <-> socketpair, two
-  copy loops, asyncssh's transport on the other end;
-* ``sshd``: Debian's OpenSSH server on a high port with its own config and
-  host key (when installed), the baseline.
+The agents are bench stand-ins (``_agent`` child processes doing what
+``tests/burrow/access_world.py``'s in-test agent does: coordinator WebSocket
+with the agent token, DERP client to the relay map's region, tunnel
+``Endpoint`` routing ``ssh`` streams to ``agent.ssh_adapter.SSHServer``),
+because ``burrow agent`` is not a command yet; the table's header says so.
 
-All four run the same shell so shell start-up cost is equal.  Prints MB/s for
-an upload and a download of ``--mib`` MiB and the median wall time of
-``ssh host true``.  Belongs in bench/ once the harness there exists.
+Measured per row: upload and download of ``--mib`` MiB (upload from when ssh
+starts reading its stdin to when the remote ``cat`` has taken every byte,
+download from the first byte to the last, so session set-up is excluded),
+a 64-byte echo through ``cat`` on an established session (RTT p50/p99 after
+warm-up), and the wall time of ``ssh <host> true``.  Each
+repetition visits every row in turn, so the shared machine's background load
+hits them alike; medians are reported, with ratios to sshd.
+
+Shell: every server runs ``/bin/bash`` with ``SHLVL=1`` in its environment, so
+bash does not source ``~/.bashrc`` for SSH sessions on any of them (root's
+rc runs ``pyenv init``, about 170 ms per shell).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import json
+import os
 import re
-import shlex
 import shutil
 import socket
 import statistics
@@ -29,97 +47,271 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from agent.ssh_adapter import SSHServer, asyncio_loop
+SHELL = "/bin/bash"
+SSHD = "/usr/sbin/sshd"
+# Options every client run shares (no user config, no host key prompts).
+CLIENT_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+TARGETS = {"throughput": 0.8, "rtt_p50": 6.0, "connect": 1.0}
 
-CLIENT = [
-    "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-]
-
-
-async def _copy(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
-    try:
-        while data := await src.receive_some(256 * 1024):
-            await dst.send_all(data)
-        if isinstance(dst, trio.abc.HalfCloseableStream):
-            await dst.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def _serve_socketpair(server: SSHServer, stream: trio.SocketStream) -> None:
-    a, b = socket.socketpair()
-    for s in (a, b):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    inner = trio.SocketStream(trio.socket.from_stdlib_socket(a))
-    async with stream, inner, trio.open_nursery() as nursery:
-        nursery.start_soon(_copy, stream, inner)
-        nursery.start_soon(_copy, inner, stream)
-        await server.serve_socket(b)
-        nursery.cancel_scope.cancel()
-
-
-async def _serve_raw_socket(server: SSHServer, stream: trio.SocketStream) -> None:
-    sock = socket.socket(fileno=stream.socket.detach())
-    await server.serve_socket(sock)
+TEMPLATE = """
+variable "burrow_workspace_transition" {
+  type    = string
+  default = "start"
+}
+variable "burrow_agent_token" {
+  type      = string
+  default   = ""
+  sensitive = true
+}
+variable "token_file" {
+  type = string
+}
+resource "terraform_data" "agent" {
+  count = var.burrow_workspace_transition == "start" ? 1 : 0
+  provisioner "local-exec" {
+    command     = "printf %s \\"$T\\" > \\"$F\\""
+    environment = { T = var.burrow_agent_token, F = var.token_file }
+  }
+}
+output "burrow_agents" {
+  value = [{ name = "main", resource = "terraform_data.agent", os = "linux", directory = "/tmp" }]
+}
+"""
 
 
-async def _listen(
-    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
-) -> int:
-    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-    port: int = listeners[0].socket.getsockname()[1]
-    return port
+class BenchError(Exception):
+    """A benchmark step failed (a server did not start, a command failed)."""
 
 
-def _start_sshd(tmp: Path, shell_user_key: Path) -> tuple[subprocess.Popen[bytes], int] | None:
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not Path(sshd).exists():
-        return None
-    host_key = tmp / "sshd_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+# ---------------------------------------------------------------- the stand-in agent
+
+
+async def _agent(url: str, token: str, direct: bool, workdir: str, host_key: str) -> None:
+    """Play the workspace agent until killed; print ``ready <tcp port>`` once serving."""
+    import trio_websocket
+
+    from agent.services import ServiceRouter
+    from agent.ssh_adapter import SSHServer
+    from burrow.access.coordination import parse_relay_map
+    from derp.client import DerpClient
+    from derp.keys import generate_private_key
+    from tunnel.derp_path import DerpPath
+    from tunnel.endpoint import Endpoint
+
+    ws_url = url.replace("http://", "ws://") + "/api/v2/workspaceagents/me/coordinate"
+    ssh = SSHServer(Path(host_key), shell=SHELL, env={"SHLVL": "1"}, workdir=Path(workdir))
+    router = ServiceRouter(ssh.serve_stream)
+    key = generate_private_key()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(30):
+            ws = await trio_websocket.connect_websocket_url(
+                nursery, ws_url, extra_headers=[(b"Burrow-Agent-Token", token.encode())])
+            welcome = json.loads(await ws.get_message())
+        region = parse_relay_map(welcome["relay_map"])[0]
+        derp = DerpClient(region.url, key)
+        with trio.fail_after(30):
+            await nursery.start(derp.run)
+        endpoint = Endpoint(key, relay=DerpPath(derp), allow=router.allow)
+        await nursery.start(endpoint.run)
+        node: dict[str, object] = {"key": endpoint.public_key.hex(),
+                                   "home_region": region.region_id}
+        if direct:
+            host, port = await endpoint.listen_direct("127.0.0.1", 0)
+            node["endpoints"] = [f"{host}:{port}"]
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, ssh.serve_stream, 0, host="127.0.0.1"))
+        tcp_port = listeners[0].socket.getsockname()[1]
+
+        async def coordinate() -> None:
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                while True:
+                    msg = json.loads(await ws.get_message())
+                    if msg.get("type") == "peer":
+                        endpoint.set_peer(bytes.fromhex(msg["node"]["key"]))
+
+        await ws.send_message(json.dumps({"type": "node", "node": node}))
+        nursery.start_soon(coordinate)
+        nursery.start_soon(endpoint.serve, router.handle_tunnel_stream)
+        sys.stdout.write(f"ready {tcp_port}\n")
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Procs:
+    """Child processes of one run, stopped by PID at the end."""
+
+    items: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.items):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, capture_output=True, timeout=30)
+
+
+def start_sshd(procs: Procs, tmp: Path, client_key: Path) -> int:
+    """Debian's sshd on a free loopback port with its own config; returns the port.
+
+    Raises:
+        BenchError: sshd is not installed or did not start listening.
+    """
+    if not Path(SSHD).exists():
+        raise BenchError(f"{SSHD} not found (Debian's openssh-server)")
+    host_key = tmp / "sshd_host_key"
+    _keygen(host_key)
+    port = _free_port()
     config = tmp / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
-        f"AuthorizedKeysFile {shell_user_key}.pub\nPermitRootLogin yes\nStrictModes no\n"
-        f"UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"AuthorizedKeysFile {client_key}.pub\nPermitRootLogin yes\nStrictModes no\n"
+        "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         f"PidFile {tmp}/sshd.pid\nSubsystem sftp /usr/lib/openssh/sftp-server\n"
+        "SetEnv SHLVL=1\nPrintMotd no\nPrintLastLog no\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    for _ in range(100):
+    log = open(tmp / "sshd.log", "wb")  # noqa: SIM115 - lives as long as sshd
+    procs.items.append(subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log))
+    for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc, port
+            return port
         except OSError:
             time.sleep(0.05)
-    proc.kill()
-    return None
+    raise BenchError(f"sshd did not listen: {(tmp / 'sshd.log').read_text(errors='replace')}")
 
 
-async def _time(argv: list[str], stdin: int | None = None) -> float:
-    t0 = time.perf_counter()
+def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    done = subprocess.run([sys.executable, "-m", "burrow.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"burrow {' '.join(args[:2])}: {done.stderr.strip()[-1000:]}")
+    return done.stdout + done.stderr
+
+
+@dataclass
+class Burrow:
+    env: dict[str, str]
+    ssh_config: Path
+    tcp_port: int
+    paths: dict[str, str]
+
+
+def start_burrow(procs: Procs, stack: contextlib.ExitStack, tmp: Path) -> Burrow:
+    """burrow server, two workspaces (relay-only and direct) with stand-in agents.
+
+    Raises:
+        BenchError: a step failed.
+    """
+    from bench.control import burrow_server
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
+    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
+    env["HOME"] = str(tmp / "home")
+    (tmp / "home").mkdir()
+    (tmp / "server").mkdir()
+    url = stack.enter_context(burrow_server(tmp / "server" / "data", None, 1))
+    _cli(env, "login", url, "--username", "bench", "--password", "bench-password-1")
+    tpl = tmp / "tpl"
+    tpl.mkdir()
+    (tpl / "main.tf").write_text(TEMPLATE)
+    _cli(env, "templates", "push", str(tpl), "--name", "t")
+    tcp_port = 0
+    for name in ("relay", "direct"):
+        token_file = tmp / f"token-{name}"
+        _cli(env, "create", name, "--template", "t", "--var", f"token_file={token_file}")
+        out = _cli(env, "logs", name, "--follow")
+        if "start: succeeded" not in out:
+            raise BenchError(f"workspace {name} did not build: {out[-1000:]}")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "bench.ssh", "_agent", url, token_file.read_text().strip(),
+             "1" if name == "direct" else "0", str(tmp / "home"), str(tmp / f"host-{name}")],
+            stdout=subprocess.PIPE, text=True)
+        procs.items.append(agent)
+        assert agent.stdout is not None
+        line = agent.stdout.readline()
+        if not line.startswith("ready "):
+            raise BenchError(f"stand-in agent for {name} did not start")
+        tcp_port = tcp_port or int(line.split()[1])
+    _cli(env, "config-ssh")
+    paths = {}
+    for name in ("relay", "direct"):
+        out = _cli(env, "ping", name, "-n", "3", "--interval", "0.1")
+        match = re.search(r" via (\S+)", out)
+        paths[name] = match.group(1) if match else "?"
+    return Burrow(env, tmp / "home" / ".ssh" / "config", tcp_port, paths)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+@dataclass
+class Row:
+    name: str
+    argv: list[str]  # ssh ... <host>, the command to run goes after
+    env: dict[str, str] | None = None
+    up: list[float] = field(default_factory=list)
+    down: list[float] = field(default_factory=list)
+    true: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+
+
+async def _run(argv: list[str], env: dict[str, str] | None, **kw: Any) -> Any:
     with trio.fail_after(600):
-        await trio.run_process(argv, stdin=stdin, stdout=subprocess.DEVNULL)
+        return await trio.run_process(argv, env=env, **kw)
+
+
+def _grow_pipe(stream: Any) -> None:
+    """1 MiB pipe buffer (Linux F_SETPIPE_SZ), so the local pipe is no bottleneck."""
+    with contextlib.suppress(OSError, AttributeError):
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+
+
+async def connect_time(row: Row) -> float:
+    t0 = time.perf_counter()
+    await _run([*row.argv, "true"], row.env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
-async def _download(base: list[str], size: int) -> float:
-    """MB/s from the first byte to the last, so session set-up is excluded."""
+async def download(row: Row, size: int) -> float:
+    """MB/s from the first byte to the last, so session set-up is excluded.
+
+    Raises:
+        BenchError: fewer bytes arrived than asked for.
+    """
     proc = await trio.lowlevel.open_process(
-        [*base, f"head -c {size} /dev/zero"], stdout=subprocess.PIPE
-    )
+        [*row.argv, f"head -c {size} /dev/zero"], stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, env=row.env)
     assert proc.stdout is not None
+    _grow_pipe(proc.stdout)
     got = 0
     first = 0.0
     with trio.fail_after(600):
@@ -129,115 +321,198 @@ async def _download(base: list[str], size: int) -> float:
                     first = time.perf_counter()
                 got += len(data)
         await proc.wait()
+    if got != size:
+        raise BenchError(f"{row.name}: downloaded {got} of {size} bytes")
     return got / (time.perf_counter() - first) / 1e6
 
 
-async def _upload(base: list[str], size: int) -> float:
-    """MB/s as the remote ``dd`` sees it (it starts after the shell is up)."""
-    command = f"head -c {size} /dev/zero | {shlex.join(base)} 'dd of=/dev/null bs=1M'"
+async def upload(row: Row, size: int) -> float:
+    """MB/s into the remote ``cat > /dev/null``, from the moment ssh reads its stdin.
+
+    The clock starts once the first 4 MiB are written (more than the local pipe
+    holds, so ssh is reading: the session is up) and stops when ssh exits,
+    i.e. after the remote end consumed every byte.  Bytes before the start
+    are not counted.
+
+    Raises:
+        BenchError: the remote command failed.
+    """
+    proc = await trio.lowlevel.open_process(
+        [*row.argv, "cat > /dev/null"], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, env=row.env)
+    assert proc.stdin is not None
+    _grow_pipe(proc.stdin)
+    block = b"\0" * (1 << 20)
+    sent = 0
+    start = 0.0
+    counted = 0
     with trio.fail_after(600):
-        result = await trio.run_process(["sh", "-c", command], capture_stderr=True)
-    match = re.search(rb"copied, ([0-9.]+) s", result.stderr)
-    if match is None:
-        raise RuntimeError(f"no dd summary in {result.stderr!r}")
-    return size / float(match.group(1)) / 1e6
+        async with proc.stdin:
+            while sent < size:
+                chunk = block[: size - sent]
+                await proc.stdin.send_all(chunk)
+                sent += len(chunk)
+                if start:
+                    counted += len(chunk)
+                elif sent >= min(4 << 20, size // 4):
+                    start = time.perf_counter()
+        code = await proc.wait()
+    if code != 0:
+        raise BenchError(f"{row.name}: upload exited {code}")
+    return counted / (time.perf_counter() - start) / 1e6
 
 
-async def _echo_rtt(base: list[str], rounds: int = 500) -> tuple[float, float]:
+async def echo_rtt(row: Row, rounds: int) -> tuple[float, float]:
     """64-byte ping-pong through ``cat`` on an established session: p50, p99 in µs."""
     proc = await trio.lowlevel.open_process(
-        [*base, "cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+        [*row.argv, "cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=row.env)
     assert proc.stdin is not None
     assert proc.stdout is not None
     payload = b"k" * 64
     samples: list[float] = []
+    warm = max(5, rounds // 10)
     with trio.fail_after(120):
-        for i in range(rounds + 20):
+        for i in range(rounds + warm):
             t0 = time.perf_counter()
             await proc.stdin.send_all(payload)
             got = 0
             while got < len(payload):
-                got += len(await proc.stdout.receive_some(65536))
-            if i >= 20:  # warm-up rounds excluded
+                chunk = await proc.stdout.receive_some(65536)
+                if not chunk:
+                    raise BenchError(f"{row.name}: echo session ended")
+                got += len(chunk)
+            if i >= warm:
                 samples.append((time.perf_counter() - t0) * 1e6)
         await proc.stdin.aclose()
         await proc.wait()
     samples.sort()
-    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-async def _measure_rows(
-    rows: list[tuple[str, int, list[str]]], key: Path, mib: int, runs: int, cipher: str
-) -> list[str]:
+async def measure(rows: list[Row], args: argparse.Namespace) -> None:
     """Each repetition visits every row in turn, so background load hits all alike."""
-    size = mib * 1024 * 1024
-    results: dict[str, dict[str, list[float]]] = {
-        name: {"true": [], "up": [], "down": [], "p50": [], "p99": []} for name, _, _ in rows
-    }
-    for rep in range(runs):
-        for name, port, extra in rows:
-            base = [*CLIENT, *extra, "-i", str(key), "-p", str(port), "-c", cipher,
-                    "root@127.0.0.1"]
-            r = results[name]
-            r["true"].append(await _time([*base, "true"]))
-            if rep < 3:
-                r["up"].append(await _upload(base, size))
-                r["down"].append(await _download(base, size))
-                p50, p99 = await _echo_rtt(base)
-                r["p50"].append(p50)
-                r["p99"].append(p99)
-    lines = []
-    for name, r in results.items():
-        m = {k: statistics.median(v) for k, v in r.items()}
-        lines.append(
-            f"{name:<12} {cipher:<30} up {m['up']:6.1f} MB/s  down {m['down']:6.1f} MB/s  "
-            f"true {m['true'] * 1000:6.1f} ms  rtt p50/p99 {m['p50']:4.0f}/{m['p99']:5.0f} us"
-        )
-    return lines
+    size = args.mib * 1024 * 1024
+    for rep in range(args.runs):
+        for row in rows:
+            row.true.append(await connect_time(row))
+            if rep < args.transfer_runs:
+                row.up.append(await upload(row, size))
+                row.down.append(await download(row, size))
+                p50, p99 = await echo_rtt(row, args.rtt_count)
+                row.p50.append(p50)
+                row.p99.append(p99)
 
 
-async def main(mib: int, runs: int, use_sshd: bool, shell: str) -> None:
-    with tempfile.TemporaryDirectory() as tmpdir:
+# ---------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("ssh") is None:
+        raise BenchError("OpenSSH client (ssh) not found")
+    procs = Procs()
+    with tempfile.TemporaryDirectory(prefix="burrow-bench-ssh-") as tmpdir, \
+            contextlib.ExitStack() as stack:
         tmp = Path(tmpdir)
+        stack.callback(procs.stop_all)
         key = tmp / "client_key"
-        await trio.run_process(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
-        server = SSHServer(tmp / "host_key", shell=shell, workdir=tmp)
-        sshd = _start_sshd(tmp, key) if use_sshd else None
-        try:
-            async with asyncio_loop(), trio.open_nursery() as nursery:
-                ports = {
-                    "stream": await _listen(nursery, server.serve_stream),
-                    "socket": await _listen(nursery, partial(_serve_raw_socket, server)),
-                    "socketpair": await _listen(nursery, partial(_serve_socketpair, server)),
-                }
-                rows: list[tuple[str, int, list[str]]] = [(n, p, []) for n, p in ports.items()]
-                if sshd is not None:
-                    rows.append(("sshd", sshd[1], []))
-                    rows.append(("sshd-x25519", sshd[1], ["-o", "KexAlgorithms=curve25519-sha256"]))
-                print(f"{mib} MiB each way and 500 echo rounds (medians of 3 runs), "
-                      f"median of {runs} x 'ssh host true', "
-                      f"shell {shell}")
-                for cipher in ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"):
-                    for line in await _measure_rows(rows, key, mib, runs, cipher):
-                        print(line, flush=True)
-                nursery.cancel_scope.cancel()
-        finally:
-            if sshd is not None:
-                sshd[0].terminate()
-                sshd[0].wait()
+        _keygen(key)
+        sshd_port = start_sshd(procs, tmp, key)
+        burrow = start_burrow(procs, stack, tmp)
+        cipher = ["-c", args.cipher] if args.cipher else []
+        direct = ["ssh", "-F", "/dev/null", *CLIENT_OPTS, *cipher, "-i", str(key)]
+        via = ["ssh", "-F", str(burrow.ssh_config), *CLIENT_OPTS, *cipher]
+        rows = [
+            Row("sshd", [*direct, "-p", str(sshd_port), "root@127.0.0.1"]),
+            Row("burrow relay", [*via, "burrow.relay"], burrow.env),
+            Row("burrow direct", [*via, "burrow.direct"], burrow.env),
+            Row("asyncssh on TCP", [*direct, "-p", str(burrow.tcp_port), "root@127.0.0.1"]),
+        ]
+        trio.run(measure, rows, args)
+    med = statistics.median
+    results: list[dict[str, Any]] = []
+    for row in rows:
+        results.append({
+            "name": row.name,
+            "upload_mb_s": med(row.up), "download_mb_s": med(row.down),
+            "rtt_p50_us": med(row.p50), "rtt_p99_us": med(row.p99),
+            "connect_ms": med(row.true) * 1e3,
+        })
+    base = results[0]
+    for r in results:
+        r["x_upload"] = r["upload_mb_s"] / base["upload_mb_s"]
+        r["x_download"] = r["download_mb_s"] / base["download_mb_s"]
+        r["x_rtt_p50"] = r["rtt_p50_us"] / base["rtt_p50_us"]
+        r["x_connect"] = r["connect_ms"] / base["connect_ms"]
+    return {
+        "agent": "bench stand-in (agent.ssh_adapter.SSHServer + ServiceRouter on a tunnel "
+                 "Endpoint; `burrow agent` is not a command yet)",
+        "paths": burrow.paths, "mib": args.mib, "runs": args.runs,
+        "transfer_runs": args.transfer_runs, "rtt_count": args.rtt_count,
+        "cipher": args.cipher or "OpenSSH default", "shell": f"{SHELL} with SHLVL=1 (no ~/.bashrc)",
+        "targets": TARGETS, "results": results,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    out = [
+        f"{report['mib']} MiB each way, {report['rtt_count']} 64-byte echoes (medians of"
+        f" {report['transfer_runs']}), median of {report['runs']} x 'ssh <host> true';"
+        f" cipher {report['cipher']}; shell {report['shell']}",
+        f"agent: {report['agent']}; burrow paths seen by `burrow ping`: "
+        + ", ".join(f"{k} -> {v}" for k, v in report["paths"].items()),
+        "",
+        f"{'server':16} {'up MB/s':>8} {'down MB/s':>9} {'RTT p50/p99 us':>16}"
+        f" {'true ms':>8} {'x up/down':>11} {'x RTT':>6} {'x true':>7}",
+    ]
+    for r in report["results"]:
+        out.append(
+            f"{r['name']:16} {r['upload_mb_s']:8.1f} {r['download_mb_s']:9.1f}"
+            f" {r['rtt_p50_us']:7.0f}/{r['rtt_p99_us']:<8.0f} {r['connect_ms']:8.1f}"
+            f" {r['x_upload']:5.2f}/{r['x_download']:<5.2f} {r['x_rtt_p50']:6.2f}"
+            f" {r['x_connect']:7.2f}"
+        )
+    t = report["targets"]
+    out.append(f"targets (x sshd): throughput >= {t['throughput']}, RTT p50 <= {t['rtt_p50']},"
+               f" connect <= {t['connect']}")
+    return "\n".join(out)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
 
 
 def main_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--mib", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--no-sshd", action="store_true")
-    parser.add_argument("--shell", default="/bin/bash", help="the shell every server runs")
+    if argv[:1] == ["_agent"] and len(argv) == 6:
+        url, token, direct, workdir, host_key = argv[1:]
+        trio.run(_agent, url, token, direct == "1", workdir, host_key)
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench ssh",
+        description="OpenSSH client into burrow (relay, direct) vs into sshd, on loopback")
+    parser.add_argument("--mib", type=_positive_int, default=1024,
+                        help="MiB uploaded and downloaded per row and run (default 1024)")
+    parser.add_argument("--rtt-count", type=_positive_int, default=500,
+                        help="64-byte echoes per row and run (default 500)")
+    parser.add_argument("--runs", type=_positive_int, default=5,
+                        help="repetitions of 'ssh <host> true' (default 5)")
+    parser.add_argument("--transfer-runs", type=_positive_int, default=1,
+                        help="repetitions of the transfers and echoes (default 1)")
+    parser.add_argument("--cipher", default="", help="ssh -c CIPHER (default: OpenSSH's)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if shutil.which("ssh") is None:
-        sys.exit("bench ssh: OpenSSH client (ssh) not found")
-    trio.run(main, args.mib, args.runs, not args.no_sshd, args.shell)
+    args.transfer_runs = min(args.transfer_runs, args.runs)
+    try:
+        report = run(args)
+    except BenchError as exc:
+        sys.stderr.write(f"bench ssh: {exc}\n")
+        return 1
+    sys.stdout.write((json.dumps(report, indent=2) if args.json else table(report)) + "\n")
     return 0
 
 
