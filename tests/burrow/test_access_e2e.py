@@ -11,6 +11,7 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -304,11 +305,11 @@ async def test_port_forward_concurrent_requests_survive_an_agent_restart(
     re-announces it) and the same port-forward process carries 8 more."""
     async with trio.open_nursery() as nursery:
         http_port = await _http_server(nursery)
-        local = _free_port()
+        local, dead_local, dead_remote = _free_port(), _free_port(), _free_port()
         # started before any agent: it waits for one
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "burrow.cli", "port-forward", "dev",
-             "--tcp", f"{local}:{http_port}"],
+             "--tcp", f"{local}:{http_port}", "--tcp", f"{dead_local}:{dead_remote}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env,
             stdin=subprocess.DEVNULL,
         )
@@ -319,6 +320,10 @@ async def test_port_forward_concurrent_requests_survive_an_agent_restart(
                     line = await proc.stdout.receive_some(4096)
                 assert f"Forwarding 127.0.0.1:{local} -> dev:{http_port}".encode() in line
                 await _requests(local, "a")
+                # nothing listens on the remote port: that connection just closes
+                with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+                    assert await _get(dead_local, "/nobody") == b""
+                await _requests(local, "a2")  # the others are unaffected
             async with in_test_agent(world, ssh_workdir=tmp_path) as second:
                 assert second.endpoint.public_key != first.endpoint.public_key
                 await _requests(local, "b")
