@@ -280,6 +280,7 @@ class Row:
     true: list[float] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
+    kex: str = "?"
 
 
 async def _run(argv: list[str], env: dict[str, str] | None, **kw: Any) -> Any:
@@ -389,9 +390,20 @@ async def echo_rtt(row: Row, rounds: int) -> tuple[float, float]:
     return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
+async def negotiated_kex(row: Row) -> str:
+    """The key exchange ``ssh -v`` reports for this row (also a warm-up connection)."""
+    argv = [*row.argv[:1], "-v", *row.argv[1:], "true"]
+    result = await _run(argv, row.env, capture_stderr=True, stdout=subprocess.DEVNULL,
+                        stdin=subprocess.DEVNULL, check=False)
+    match = re.search(rb"kex: algorithm: (\S+)", result.stderr)
+    return match.group(1).decode() if match else "?"
+
+
 async def measure(rows: list[Row], args: argparse.Namespace) -> None:
     """Each repetition visits every row in turn, so background load hits all alike."""
     size = args.mib * 1024 * 1024
+    for row in rows:
+        row.kex = await negotiated_kex(row)
     for rep in range(args.runs):
         for row in rows:
             row.true.append(await connect_time(row))
@@ -419,6 +431,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sshd_port = start_sshd(procs, tmp, key)
         burrow = start_burrow(procs, stack, tmp)
         cipher = ["-c", args.cipher] if args.cipher else []
+        if args.kex:
+            cipher += ["-o", f"KexAlgorithms={args.kex}"]
         direct = ["ssh", "-F", "/dev/null", *CLIENT_OPTS, *cipher, "-i", str(key)]
         via = ["ssh", "-F", str(burrow.ssh_config), *CLIENT_OPTS, *cipher]
         rows = [
@@ -435,7 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "name": row.name,
             "upload_mb_s": med(row.up), "download_mb_s": med(row.down),
             "rtt_p50_us": med(row.p50), "rtt_p99_us": med(row.p99),
-            "connect_ms": med(row.true) * 1e3,
+            "connect_ms": med(row.true) * 1e3, "kex": row.kex,
         })
     base = results[0]
     for r in results:
@@ -462,14 +476,14 @@ def table(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} -> {v}" for k, v in report["paths"].items()),
         "",
         f"{'server':16} {'up MB/s':>8} {'down MB/s':>9} {'RTT p50/p99 us':>16}"
-        f" {'true ms':>8} {'x up/down':>11} {'x RTT':>6} {'x true':>7}",
+        f" {'true ms':>8} {'x up/down':>11} {'x RTT':>6} {'x true':>7}  kex",
     ]
     for r in report["results"]:
         out.append(
             f"{r['name']:16} {r['upload_mb_s']:8.1f} {r['download_mb_s']:9.1f}"
             f" {r['rtt_p50_us']:7.0f}/{r['rtt_p99_us']:<8.0f} {r['connect_ms']:8.1f}"
             f" {r['x_upload']:5.2f}/{r['x_download']:<5.2f} {r['x_rtt_p50']:6.2f}"
-            f" {r['x_connect']:7.2f}"
+            f" {r['x_connect']:7.2f}  {r['kex']}"
         )
     t = report["targets"]
     out.append(f"targets (x sshd): throughput >= {t['throughput']}, RTT p50 <= {t['rtt_p50']},"
@@ -504,6 +518,8 @@ def main_cli(argv: list[str]) -> int:
     parser.add_argument("--transfer-runs", type=_positive_int, default=1,
                         help="repetitions of the transfers and echoes (default 1)")
     parser.add_argument("--cipher", default="", help="ssh -c CIPHER (default: OpenSSH's)")
+    parser.add_argument("--kex", default="",
+                        help="ssh -o KexAlgorithms=KEX for every row (default: negotiated)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     args.transfer_runs = min(args.transfer_runs, args.runs)

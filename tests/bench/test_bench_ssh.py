@@ -32,6 +32,7 @@ def test_bench_ssh_runs_every_row_and_reports_json() -> None:
         for key in ("upload_mb_s", "download_mb_s", "rtt_p50_us", "connect_ms"):
             assert r[key] > 0, (r["name"], key)
         assert r["rtt_p99_us"] >= r["rtt_p50_us"]
+        assert r["kex"] != "?"
         for key in ("x_upload", "x_download", "x_rtt_p50", "x_connect"):
             assert r[key] > 0
     sshd = report["results"][0]
