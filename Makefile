@@ -5,7 +5,7 @@ setup:
 	bash .ci/setup
 
 run: setup
-	.venv/bin/burrow relay
+	.venv/bin/burrow up
 
 test:
 	bash .ci/test

@@ -36,6 +36,7 @@ COMMANDS = (
     "speedtest",
     "netcheck",
     "agent",
+    "up",
 )
 
 
