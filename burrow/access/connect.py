@@ -380,7 +380,8 @@ async def connect(
 
 class _AgentWatch:
     """While waiting for the agent: its status and lifecycle, and the tail of its
-    startup log, for the spinner (every lookup failure just shows less)."""
+    startup log (``GET /workspaceagents/{id}/logs``), for the spinner (every
+    lookup failure just shows less)."""
 
     def __init__(self, client: Client, target: Target) -> None:
         self.client = client
@@ -415,7 +416,7 @@ class _AgentWatch:
         for line in lines if isinstance(lines, list) else []:
             if isinstance(line, dict) and isinstance(line.get("id"), int):
                 self._log_after = max(self._log_after, line["id"])
-                self.log_tail = str(line.get("output", ""))[:200]
+                self.log_tail = str(line.get("text", line.get("output", "")))[:200]
 
 
 async def _join(

@@ -244,24 +244,35 @@ async def test_ssh_stdio_errors_are_one_line_and_stdout_stays_clean(world: World
     assert b"Traceback" not in proc.stderr
     proc = await burrow(world, "ssh", "--stdio", "dev", "extra")
     assert proc.returncode == 2
-    # no agent connected (none running now): waits, then says so in one line
-    proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "1.5", "dev")
+    # no agent connected (none running now): waits showing the agent's state and the
+    # tail of its startup log, then says so in one line
+    await trio.to_thread.run_sync(_post_agent, world, "/logs",
+                                  {"logs": [{"text": "installing the toolchain"}]})
+    await trio.to_thread.run_sync(_post_agent, world, "/lifecycle", {"state": "starting"})
+    proc = await burrow(world, "ssh", "--stdio", "--wait-timeout", "2.5", "dev")
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert b"did not connect in time" in proc.stderr
-    assert b"burrow: waiting for agent main of dev to connect" in proc.stderr
+    assert b"burrow: waiting for agent main of dev to connect (agent: " in proc.stderr
+    assert b"starting)" in proc.stderr
+    assert b"  installing the toolchain\n" in proc.stderr
+    await trio.to_thread.run_sync(_post_agent, world, "/lifecycle", {"state": "ready"})
     assert b"Traceback" not in proc.stderr
 
 
-def _report_lifecycle(world: World, state: str) -> None:
-    """What the agent does: POST its lifecycle state with its token."""
+def _post_agent(world: World, path: str, body: dict[str, object]) -> None:
+    """What the agent does: POST a report with its token."""
     req = urllib.request.Request(
-        world.url + "/api/v2/workspaceagents/me/lifecycle", method="POST",
-        data=json.dumps({"state": state}).encode(),
+        world.url + "/api/v2/workspaceagents/me" + path, method="POST",
+        data=json.dumps(body).encode(),
         headers={"Burrow-Agent-Token": world.token, "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 204
+        assert resp.status in (200, 201, 204)
+
+
+def _report_lifecycle(world: World, state: str) -> None:
+    _post_agent(world, "/lifecycle", {"state": state})
 
 
 def _free_port() -> int:

@@ -139,8 +139,8 @@ async def test_agent_watch_shows_state_and_startup_log_tail() -> None:
     from burrow.access.connect import _AgentWatch
 
     target = Target("dev", "w1", "a1", "main")
-    client = WatchClient({"logs": [{"id": 4, "output": "npm install"},
-                                   {"id": 5, "output": "listening on 3000"}, "junk"]})
+    client = WatchClient({"logs": [{"id": 4, "text": "npm install"},
+                                   {"id": 5, "text": "listening on 3000"}, "junk"]})
     watch = _AgentWatch(client, target)  # type: ignore[arg-type]
     await watch.refresh()
     assert watch.state == " (agent: connecting, starting)"
