@@ -8,13 +8,17 @@ Skipped until the ``burrow agent`` command is registered in ``burrow/cli.py``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +94,60 @@ def test_readme_flow_with_a_real_agent(tmp_path: Path) -> None:
         proc = run(sys.executable, "-m", "burrow.cli", "speedtest", "dev", "--size", "4")
         assert proc.returncode == 0, (proc.stdout, proc.stderr)
         assert b"download 4 MiB in " in proc.stdout
+
+        proc = subprocess.run([*ssh, "burrow.dev", "wc -c"], input=b"x" * 1000,
+                              capture_output=True, timeout=60, check=False,
+                              env={**world.env, "BURROW_FORCE_WEBSOCKETS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == b"1000"
+
+        _port_forward_to_an_http_server(world, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_forward_to_an_http_server(world: World, tmp: Path) -> None:
+    """burrow port-forward to an HTTP server listening on localhost in the workspace."""
+    site = tmp / "site"
+    site.mkdir()
+    for i in range(6):
+        (site / f"f{i}.txt").write_text(f"file {i}\n" * 1000)
+    http_port, local = _free_port(), _free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(http_port), "--bind",
+                             "127.0.0.1", "--directory", str(site)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fwd = subprocess.Popen([sys.executable, "-m", "burrow.cli", "port-forward", "dev",
+                            "--tcp", f"{local}:{http_port}"], env=world.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert fwd.stdout is not None
+        assert "Forwarding" in fwd.stdout.readline()
+
+        def get(i: int) -> str:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{local}/f{i}.txt",
+                                                timeout=10) as resp:
+                        return str(resp.read().decode())
+                except OSError:
+                    if time.monotonic() > deadline:  # http.server may still be starting
+                        raise
+                    time.sleep(0.1)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            bodies = list(pool.map(get, range(6)))
+        assert bodies == [f"file {i}\n" * 1000 for i in range(6)]
+    finally:
+        for p in (fwd, http):
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
