@@ -13,11 +13,12 @@ One run, all on loopback, OpenSSH's ``ssh`` client against:
 * ``asyncssh on TCP``: the agent's SSH server (``agent.ssh_adapter``) on a
   plain loopback socket, no tunnel, no ProxyCommand: attribution only.
 
-The agents are bench stand-ins (``_agent`` child processes doing what
-``tests/burrow/access_world.py``'s in-test agent does: coordinator WebSocket
-with the agent token, DERP client to the relay map's region, tunnel
-``Endpoint`` routing ``ssh`` streams to ``agent.ssh_adapter.SSHServer``),
-because ``burrow agent`` is not a command yet; the table's header says so.
+The agents are real ``burrow agent`` processes, one per workspace (the
+relay one with ``--direct-address ''``), started by this bench with the
+token the workspace's build wrote to a file (the template is a one-resource
+Terraform config run by the server's built-in provisioner), stopped by PID.
+The ``asyncssh on TCP`` row is a ``_tcp`` child process serving
+``agent.ssh_adapter.SSHServer`` on a loopback socket.
 
 Measured per row: upload and download of ``--mib`` MiB (upload from when ssh
 starts reading its stdin to when the remote ``cat`` has taken every byte,
@@ -27,9 +28,10 @@ warm-up), and the wall time of ``ssh <host> true``.  Each
 repetition visits every row in turn, so the shared machine's background load
 hits them alike; medians are reported, with ratios to sshd.
 
-Shell: every server runs ``/bin/bash`` with ``SHLVL=1`` in its environment, so
-bash does not source ``~/.bashrc`` for SSH sessions on any of them (root's
-rc runs ``pyenv init``, about 170 ms per shell).
+Shell: every server runs the user's login shell (root: ``/bin/bash``) with
+``SHLVL=1`` in its environment (sshd: ``SetEnv``; burrow: the agent's
+manifest ``env``), so bash does not source ``~/.bashrc`` for SSH sessions on
+any of them (root's rc runs ``pyenv init``, about 170 ms per shell).
 """
 
 from __future__ import annotations
@@ -80,8 +82,14 @@ resource "terraform_data" "agent" {
     environment = { T = var.burrow_agent_token, F = var.token_file }
   }
 }
+variable "directory" {
+  type = string
+}
 output "burrow_agents" {
-  value = [{ name = "main", resource = "terraform_data.agent", os = "linux", directory = "/tmp" }]
+  value = [{
+    name = "main", resource = "terraform_data.agent", os = "linux",
+    directory = var.directory, env = { SHLVL = "1" }
+  }]
 }
 """
 
@@ -90,56 +98,18 @@ class BenchError(Exception):
     """A benchmark step failed (a server did not start, a command failed)."""
 
 
-# ---------------------------------------------------------------- the stand-in agent
+# ---------------------------------------------------------------- asyncssh on TCP
 
 
-async def _agent(url: str, token: str, direct: bool, workdir: str, host_key: str) -> None:
-    """Play the workspace agent until killed; print ``ready <tcp port>`` once serving."""
-    import trio_websocket
-
-    from agent.services import ServiceRouter
+async def _tcp(workdir: str, host_key: str) -> None:
+    """The agent's SSH server on a loopback socket until killed; print its port."""
     from agent.ssh_adapter import SSHServer
-    from burrow.access.coordination import parse_relay_map
-    from derp.client import DerpClient
-    from derp.keys import generate_private_key
-    from tunnel.derp_path import DerpPath
-    from tunnel.endpoint import Endpoint
 
-    ws_url = url.replace("http://", "ws://") + "/api/v2/workspaceagents/me/coordinate"
     ssh = SSHServer(Path(host_key), shell=SHELL, env={"SHLVL": "1"}, workdir=Path(workdir))
-    router = ServiceRouter(ssh.serve_stream)
-    key = generate_private_key()
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(30):
-            ws = await trio_websocket.connect_websocket_url(
-                nursery, ws_url, extra_headers=[(b"Burrow-Agent-Token", token.encode())])
-            welcome = json.loads(await ws.get_message())
-        region = parse_relay_map(welcome["relay_map"])[0]
-        derp = DerpClient(region.url, key)
-        with trio.fail_after(30):
-            await nursery.start(derp.run)
-        endpoint = Endpoint(key, relay=DerpPath(derp), allow=router.allow)
-        await nursery.start(endpoint.run)
-        node: dict[str, object] = {"key": endpoint.public_key.hex(),
-                                   "home_region": region.region_id}
-        if direct:
-            host, port = await endpoint.listen_direct("127.0.0.1", 0)
-            node["endpoints"] = [f"{host}:{port}"]
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, ssh.serve_stream, 0, host="127.0.0.1"))
-        tcp_port = listeners[0].socket.getsockname()[1]
-
-        async def coordinate() -> None:
-            with contextlib.suppress(trio_websocket.ConnectionClosed):
-                while True:
-                    msg = json.loads(await ws.get_message())
-                    if msg.get("type") == "peer":
-                        endpoint.set_peer(bytes.fromhex(msg["node"]["key"]))
-
-        await ws.send_message(json.dumps({"type": "node", "node": node}))
-        nursery.start_soon(coordinate)
-        nursery.start_soon(endpoint.serve, router.handle_tunnel_stream)
-        sys.stdout.write(f"ready {tcp_port}\n")
+        sys.stdout.write(f"{listeners[0].socket.getsockname()[1]}\n")
         sys.stdout.flush()
 
 
@@ -223,7 +193,7 @@ class Burrow:
 
 
 def start_burrow(procs: Procs, stack: contextlib.ExitStack, tmp: Path) -> Burrow:
-    """burrow server, two workspaces (relay-only and direct) with stand-in agents.
+    """burrow server, two workspaces (relay-only and direct) with their agents.
 
     Raises:
         BenchError: a step failed.
@@ -241,23 +211,29 @@ def start_burrow(procs: Procs, stack: contextlib.ExitStack, tmp: Path) -> Burrow
     tpl.mkdir()
     (tpl / "main.tf").write_text(TEMPLATE)
     _cli(env, "templates", "push", str(tpl), "--name", "t")
-    tcp_port = 0
     for name in ("relay", "direct"):
         token_file = tmp / f"token-{name}"
-        _cli(env, "create", name, "--template", "t", "--var", f"token_file={token_file}")
+        _cli(env, "create", name, "--template", "t", "--var", f"token_file={token_file}",
+             "--var", f"directory={tmp / 'home'}")
         out = _cli(env, "logs", name, "--follow")
         if "start: succeeded" not in out:
             raise BenchError(f"workspace {name} did not build: {out[-1000:]}")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "bench.ssh", "_agent", url, token_file.read_text().strip(),
-             "1" if name == "direct" else "0", str(tmp / "home"), str(tmp / f"host-{name}")],
-            stdout=subprocess.PIPE, text=True)
-        procs.items.append(agent)
-        assert agent.stdout is not None
-        line = agent.stdout.readline()
-        if not line.startswith("ready "):
-            raise BenchError(f"stand-in agent for {name} did not start")
-        tcp_port = tcp_port or int(line.split()[1])
+        agent_env = dict(env, BURROW_AGENT_TOKEN=token_file.read_text().strip())
+        log = open(tmp / f"agent-{name}.log", "wb")  # noqa: SIM115 - lives as long as the agent
+        procs.items.append(subprocess.Popen(
+            [sys.executable, "-m", "burrow.cli", "agent", "--url", url,
+             "--data-dir", str(tmp / f"agent-{name}"), "--report-interval", "60",
+             "--direct-address", "127.0.0.1" if name == "direct" else ""],
+            env=agent_env, cwd=tmp / "home", stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+    tcp = subprocess.Popen(
+        [sys.executable, "-m", "bench.ssh", "_tcp", str(tmp / "home"), str(tmp / "host-tcp")],
+        stdout=subprocess.PIPE, text=True)
+    procs.items.append(tcp)
+    assert tcp.stdout is not None
+    line = tcp.stdout.readline()
+    if not line.strip().isdigit():
+        raise BenchError("the asyncssh-on-TCP server did not start")
+    tcp_port = int(line)
     _cli(env, "config-ssh")
     paths = {}
     for name in ("relay", "direct"):
@@ -281,6 +257,7 @@ class Row:
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
     kex: str = "?"
+    shell: str = "?"
 
 
 async def _run(argv: list[str], env: dict[str, str] | None, **kw: Any) -> Any:
@@ -390,20 +367,29 @@ async def echo_rtt(row: Row, rounds: int) -> tuple[float, float]:
     return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-async def negotiated_kex(row: Row) -> str:
-    """The key exchange ``ssh -v`` reports for this row (also a warm-up connection)."""
-    argv = [*row.argv[:1], "-v", *row.argv[1:], "true"]
-    result = await _run(argv, row.env, capture_stderr=True, stdout=subprocess.DEVNULL,
+async def probe(row: Row) -> tuple[str, str]:
+    """The key exchange ``ssh -v`` reports for this row, and the session's shell setup.
+
+    The shell setup is ``$0`` and whether root's ``~/.bashrc`` ran (it defines
+    the shell function ``pyenv``; functions are not inherited): equal on every
+    row, or the connect times are not comparable.
+    This is also each row's warm-up connection.
+    """
+    argv = [*row.argv[:1], "-v", *row.argv[1:],
+            'if [ "$(type -t pyenv 2>/dev/null)" = function ]; then r=yes; else r=no; fi;'
+            ' echo "$0 bashrc=$r"']
+    result = await _run(argv, row.env, capture_stderr=True, capture_stdout=True,
                         stdin=subprocess.DEVNULL, check=False)
     match = re.search(rb"kex: algorithm: (\S+)", result.stderr)
-    return match.group(1).decode() if match else "?"
+    shell = result.stdout.decode(errors="replace").strip() or "?"
+    return (match.group(1).decode() if match else "?"), shell
 
 
 async def measure(rows: list[Row], args: argparse.Namespace) -> None:
     """Each repetition visits every row in turn, so background load hits all alike."""
     size = args.mib * 1024 * 1024
     for row in rows:
-        row.kex = await negotiated_kex(row)
+        row.kex, row.shell = await probe(row)
     for rep in range(args.runs):
         for row in rows:
             row.true.append(await connect_time(row))
@@ -449,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "name": row.name,
             "upload_mb_s": med(row.up), "download_mb_s": med(row.down),
             "rtt_p50_us": med(row.p50), "rtt_p99_us": med(row.p99),
-            "connect_ms": med(row.true) * 1e3, "kex": row.kex,
+            "connect_ms": med(row.true) * 1e3, "kex": row.kex, "shell": row.shell,
         })
     base = results[0]
     for r in results:
@@ -458,8 +444,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["x_rtt_p50"] = r["rtt_p50_us"] / base["rtt_p50_us"]
         r["x_connect"] = r["connect_ms"] / base["connect_ms"]
     return {
-        "agent": "bench stand-in (agent.ssh_adapter.SSHServer + ServiceRouter on a tunnel "
-                 "Endpoint; `burrow agent` is not a command yet)",
+        "agent": "real `burrow agent` processes (relay one with --direct-address '')",
         "paths": burrow.paths, "mib": args.mib, "runs": args.runs,
         "transfer_runs": args.transfer_runs, "rtt_count": args.rtt_count,
         "cipher": args.cipher or "OpenSSH default", "shell": f"{SHELL} with SHLVL=1 (no ~/.bashrc)",
@@ -485,6 +470,10 @@ def table(report: dict[str, Any]) -> str:
             f" {r['x_upload']:5.2f}/{r['x_download']:<5.2f} {r['x_rtt_p50']:6.2f}"
             f" {r['x_connect']:7.2f}  {r['kex']}"
         )
+    shells = {r["shell"] for r in report["results"]}
+    out.append(f"session shell on every row: {shells.pop()}" if len(shells) == 1 else
+               "WARNING: session shells differ: "
+               + ", ".join(f"{r['name']}: {r['shell']}" for r in report["results"]))
     t = report["targets"]
     out.append(f"targets (x sshd): throughput >= {t['throughput']}, RTT p50 <= {t['rtt_p50']},"
                f" connect <= {t['connect']}")
@@ -502,9 +491,8 @@ def _positive_int(text: str) -> int:
 
 
 def main_cli(argv: list[str]) -> int:
-    if argv[:1] == ["_agent"] and len(argv) == 6:
-        url, token, direct, workdir, host_key = argv[1:]
-        trio.run(_agent, url, token, direct == "1", workdir, host_key)
+    if argv[:1] == ["_tcp"] and len(argv) == 3:
+        trio.run(_tcp, argv[1], argv[2])
         return 0
     parser = argparse.ArgumentParser(
         prog="python -m bench ssh",

@@ -27,12 +27,13 @@ def test_bench_ssh_runs_every_row_and_reports_json() -> None:
     report = json.loads(proc.stdout)
     assert [r["name"] for r in report["results"]] == ROWS
     assert report["paths"] == {"relay": "relay", "direct": "direct"}
-    assert "stand-in" in report["agent"] or "burrow agent" in report["agent"]
+    assert "burrow agent" in report["agent"]
     for r in report["results"]:
         for key in ("upload_mb_s", "download_mb_s", "rtt_p50_us", "connect_ms"):
             assert r[key] > 0, (r["name"], key)
         assert r["rtt_p99_us"] >= r["rtt_p50_us"]
         assert r["kex"] != "?"
+        assert r["shell"] == report["results"][0]["shell"] != ""
         for key in ("x_upload", "x_download", "x_rtt_p50", "x_connect"):
             assert r[key] > 0
     sshd = report["results"][0]
