@@ -202,8 +202,10 @@ class Reporter:
                     body = await trio.to_thread.run_sync(make)
                     await self.api.request("POST", path, body)
                     self.sent[path.rsplit("/", 1)[1]] += 1
-                except (CoderdUnreachable, CoderdRefused, OSError) as exc:
+                except (CoderdUnreachable, CoderdRefused) as exc:
                     log.debug("snapshot %s not sent: %s", path, exc)
+                except Exception:  # e.g. an unreadable /proc: skip this one, keep reporting
+                    log.exception("snapshot %s failed", path)
             if extra is not None:
                 extra()
             await trio.sleep(self.interval)

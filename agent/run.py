@@ -208,6 +208,20 @@ async def fetch_manifest(api: CoderdClient, *, max_backoff: float = MAX_BACKOFF)
         backoff = min(backoff * 2, max_backoff)
 
 
+def _describe(group: BaseExceptionGroup[BaseException]) -> str:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                walk(e)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return "; ".join(f"{type(e).__name__}: {e}" for e in leaves)[:300]
+
+
 class Agent:
     """One running agent (see the module docstring).
 
@@ -323,11 +337,12 @@ class Agent:
             started = trio.current_time()
             try:
                 await self._coordinate_once()
-            except trio_websocket.HandshakeError as exc:
-                log.info("coordinator refused the connection: %s", exc)
-            except (trio_websocket.ConnectionClosed, OSError, trio.TooSlowError, ValueError,
-                    CoderdUnreachable, trio.BrokenResourceError) as exc:
-                log.info("coordinator connection lost: %s", exc or type(exc).__name__)
+            except* trio_websocket.HandshakeError as group:
+                log.info("coordinator refused the connection: %s", _describe(group))
+            except* Exception as group:
+                # Closed, reset, timed out, garbage: all the same to us -- reconnect.  Never
+                # let the control plane's trouble end the agent (sessions keep running).
+                log.info("coordinator connection lost: %s", _describe(group))
             if trio.current_time() - started > 10:
                 backoff = 0.25
             await trio.sleep(backoff)
