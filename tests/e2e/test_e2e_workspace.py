@@ -228,3 +228,16 @@ def test_whole_flow_with_websockets_forced(site: Site, tmp_path: Path) -> None:
     assert "via relay" in ping.stdout, ping.stdout
     log = (site.root("wsonly") / "agent.log").read_text()
     assert "over websocket" in log, log[-2000:]
+
+
+def test_start_blocks_login_holds_ssh_until_the_script_ends(site: Site) -> None:
+    create_scripted(site, "gated", startup_script="sleep 3; echo done > gate-marker",
+                    start_blocks_login="true")
+    site.wait_agent("gated", lambda a: a.get("status") == "connected"
+                    and a.get("lifecycle_state") == "starting", timeout=60)
+    site.ok("config-ssh", "--ssh-config-file", str(site.ssh_config))
+    proc = site.ssh("burrow.gated", "cat gate-marker")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"done\n"
+    assert b"waiting for the workspace's startup script" in proc.stderr
+    assert site.agent("gated")["lifecycle_state"] == "ready"
