@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--url must be http(s)://host[:port], not {url!r}")
     if not token:
         raise UsageError("--token (or $BURROW_AGENT_TOKEN) is required")
-    # The token must not reach children (scripts, shells) nor show up in `ps`.
+    if args.token:
+        _reexec_without_token_in_argv(token)
+    # The token must not reach children (scripts, shells).
     os.environ.pop("BURROW_AGENT_TOKEN", None)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -122,3 +124,32 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
     return [exc]
+
+
+def _reexec_without_token_in_argv(token: str) -> None:
+    """Run again (same pid) with the token in the environment instead of the command line.
+
+    Anyone on the machine can read a process's command line (``ps``); only its
+    user can read its environment.  Templates may pass ``--token``: this
+    moves it out of sight at once.  Does nothing if argv cannot be rewritten.
+    """
+    argv = sys.argv[1:]
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--token" and i + 1 < len(argv):
+            skip = True
+            continue
+        if arg.startswith("--token="):
+            continue
+        out.append(arg)
+    if out == argv or "agent" not in out:
+        return
+    env = dict(os.environ)
+    env["BURROW_AGENT_TOKEN"] = token
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "burrow.cli", *out], env)  # noqa: S606

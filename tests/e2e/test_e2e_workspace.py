@@ -87,6 +87,11 @@ def test_ssh_command_exit_code_env_and_directory(site: Site) -> None:
     assert proc.returncode == 7, proc.stderr
     lines = proc.stdout.decode().splitlines()
     assert lines == [str(site.root("dev") / "home"), "token=none"]
+    # templates/local passes --token; the agent moved it out of its (world-readable) argv
+    pid = int((site.root("dev") / "agent.pid").read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"agent" in argv
+    assert b"--token" not in argv
     # the agent's lifecycle and connection as coderd shows them
     shown = site.ok("show", "dev")
     assert "connected, ready" in shown
