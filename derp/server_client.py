@@ -9,6 +9,8 @@ from collections import deque
 
 import trio
 
+from derp.prefixed import PrefixedStream
+
 
 class TokenBucket:
     """Bytes-per-second token bucket; ``take`` returns how long to wait (backpressure)."""
@@ -49,6 +51,7 @@ class Client:
         "remote",
         "scope",
         "senders",
+        "sock",
         "stream",
         "wake",
         "watching",
@@ -65,6 +68,10 @@ class Client:
     ) -> None:
         self.key = key  # immutable
         self.stream = stream  # reader receives, writer sends
+        # The socket under ``stream`` when writing its file descriptor directly
+        # is equivalent to ``stream.send_all`` (plain TCP), else None.  Any
+        # reader may write to it, synchronously, only while the writer is idle.
+        self.sock = raw_socket(stream)
         self.remote = remote  # immutable, for logs
         self.can_mesh = can_mesh  # immutable: presented the right mesh key
         self.can_ack_pings = can_ack_pings  # immutable
@@ -87,3 +94,12 @@ class Client:
     def idle(self) -> bool:
         """True when nothing is queued or being written."""
         return not self.packets and not self.control and not self.busy
+
+
+def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket ``stream`` writes to unchanged, or None (TLS, WebSocket, memory)."""
+    while isinstance(stream, PrefixedStream):  # replays received bytes only
+        stream = stream.transport
+    if type(stream) is trio.SocketStream:
+        return stream.socket
+    return None
