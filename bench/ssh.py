@@ -503,8 +503,9 @@ def main_cli(argv: list[str]) -> int:
                         help="64-byte echoes per row and run (default 500)")
     parser.add_argument("--runs", type=_positive_int, default=5,
                         help="repetitions of 'ssh <host> true' (default 5)")
-    parser.add_argument("--transfer-runs", type=_positive_int, default=1,
-                        help="repetitions of the transfers and echoes (default 1)")
+    parser.add_argument("--transfer-runs", type=_positive_int, default=3,
+                        help="repetitions of the transfers and echoes, at most --runs"
+                        " (default 3)")
     parser.add_argument("--cipher", default="", help="ssh -c CIPHER (default: OpenSSH's)")
     parser.add_argument("--kex", default="",
                         help="ssh -o KexAlgorithms=KEX for every row (default: negotiated)")
