@@ -7,7 +7,12 @@ the fastest, then runs for good:
 
 * a :class:`~derp.client.DerpClient` to the home relay (it redials by itself)
   and a tunnel :class:`~tunnel.endpoint.Endpoint` with the persisted node key,
-  plus a direct TCP listener whose address is advertised;
+  plus a direct TCP listener whose address is advertised.  When the home
+  relay stays unreachable for ``rehome_after`` seconds, the agent probes the
+  other regions (the coordinator's latest relay map) and re-homes on the
+  fastest that answers: a new DerpClient becomes the endpoint's default path
+  (open sessions move to it; the tunnel retransmits what was lost) and the
+  new node is published;
 * the coordinator WebSocket: the agent publishes its node, and every client
   node coderd forwards is a key that may open sessions (``set_peer``).  No
   other key can: the endpoint refuses handshakes from unknown keys.  When the
@@ -59,6 +64,7 @@ from tunnel.stream import TunnelStream
 log = logging.getLogger("burrow.agent")
 
 PEER_GRACE = 300.0
+REHOME_CHECK = 1.0  # seconds between looks at the home relay connection
 HEARTBEAT = 10.0
 MAX_BACKOFF = 30.0
 
@@ -83,6 +89,8 @@ class AgentOptions:
             (start_timeout); the manifest's ``startup_script_timeout`` wins.
         shutdown_timeout: the same for the shutdown script.
         report_interval: seconds between ports/stats reports.
+        rehome_after: seconds the home relay may stay unreachable before the
+            agent moves to the fastest other region that answers.
         shell: the SSH sessions' shell (default: the user's login shell).
         extra_services: stream services besides ssh and tcp:<port>.
     """
@@ -95,6 +103,7 @@ class AgentOptions:
     startup_timeout: float = 300.0
     shutdown_timeout: float = 60.0
     report_interval: float = 15.0
+    rehome_after: float = 10.0
     shell: str | None = None
     extra_services: Mapping[str, StreamService] = field(default_factory=dict)
 
@@ -236,6 +245,12 @@ class Agent:
         self.ready = trio.Event()  # set once the node was published the first time
         self.manifest: dict[str, Any] = {}
         self.home: Region | None = None
+        self.regions: list[Region] = []
+        self.rehomes = 0
+        self._key = b""
+        self._derp_scope: trio.CancelScope | None = None
+        self._relay_nursery: trio.Nursery | None = None
+        self._ws: trio_websocket.WebSocketConnection | None = None
         self.latency_ms: dict[int, float] = {}
         self.endpoint: Endpoint | None = None
         self.derp: DerpClient | None = None
@@ -305,7 +320,9 @@ class Agent:
             welcome = json.loads(await ws.get_message())
             if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
                 raise CoderdUnreachable("coordinator did not welcome us")
+            self.regions = parse_regions(welcome.get("relay_map")) or self.regions
             await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
+            self._ws = ws
             self.coordinator_connects += 1
             self.ready.set()
             log.info("coordinator connected; node published (relay region %s)",
@@ -329,6 +346,60 @@ class Agent:
                         self._on_peer_gone(str(msg.get("id", "")))
                     elif kind == "error":
                         log.warning("coordinator: %s", str(msg.get("message"))[:200])
+
+    async def publish(self) -> None:
+        """Send our node again (after it changed) if the coordinator is connected."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError,
+                                 trio.ClosedResourceError):
+            await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
+
+    async def _run_derp(self, client: DerpClient,
+                        task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await client.run()
+
+    async def switch_home(self, region: Region) -> None:
+        """Home on ``region``: a new DerpClient becomes the endpoint's default relay
+        (sessions move to it), the old one is closed, the new node is published."""
+        assert self._relay_nursery is not None
+        assert self.endpoint is not None
+        old_home, old_scope = self.home, self._derp_scope
+        client = DerpClient(region.url, self._key, force_websocket=self.options.force_websockets)
+        self._derp_scope = await self._relay_nursery.start(self._run_derp, client)
+        self.derp, self.home = client, region
+        self.endpoint.add_relay(DerpPath(client))
+        if old_scope is not None:
+            old_scope.cancel()
+        self.rehomes += 1
+        log.info("re-homed from region %s to region %d (%s)",
+                 old_home.region_id if old_home else "?", region.region_id, region.url)
+        await self.publish()
+
+    async def rehome_when_unreachable(self) -> None:
+        """Move to another region once the home relay was unreachable for ``rehome_after``."""
+        down_since: float | None = None
+        while True:
+            await trio.sleep(REHOME_CHECK)
+            if self.derp is None or self.derp.connected:
+                down_since = None
+                continue
+            now = trio.current_time()
+            if down_since is None:
+                down_since = now
+            if now - down_since < self.options.rehome_after:
+                continue
+            others = [r for r in self.regions if r != self.home]
+            latency = await measure_regions(others, probes=1, timeout=2.0) if others else {}
+            if not latency:
+                continue  # nowhere better to go; DerpClient keeps redialing home
+            self.latency_ms.update(latency)
+            await self.switch_home(pick_home([r for r in others if r.region_id in latency],
+                                             latency))
+            down_since = None
 
     async def coordinate(self) -> None:
         """Hold the coordinator WebSocket, reopening it with backoff, forever."""
@@ -436,9 +507,10 @@ class Agent:
             self.manifest = await fetch_manifest(self.api)
             log.info("manifest: workspace %s, agent %s", self.manifest.get("workspace_name"),
                      self.manifest.get("agent_name"))
-            regions = parse_regions(self.manifest.get("relay_map"))
+            regions = self.regions = parse_regions(self.manifest.get("relay_map"))
             self.latency_ms = await measure_regions(regions)
             self.home = pick_home(regions, self.latency_ms)
+            self._key = key
             log.info("home relay: region %d %s (%s)", self.home.region_id, self.home.url,
                      ", ".join(f"{k}: {v:.1f} ms" for k, v in self.latency_ms.items()) or
                      "no latency measured")
@@ -455,7 +527,8 @@ class Agent:
                 key, relay=DerpPath(self.derp),
                 allow=lambda peer, service: self._allow(router, peer, service))
             async with trio.open_nursery() as inner:
-                inner.start_soon(self.derp.run)
+                self._relay_nursery = inner
+                self._derp_scope = await inner.start(self._run_derp, self.derp)
                 await inner.start(self.endpoint.run)
                 if opts.direct_address:
                     try:
@@ -466,6 +539,7 @@ class Agent:
                 inner.start_soon(endpoint.serve,
                                  lambda p, s, st: self._handle(router, p, s, st))
                 inner.start_soon(self.coordinate)
+                inner.start_soon(self.rehome_when_unreachable)
                 inner.start_soon(self.reporter.run_snapshots, self._expire_peers)
                 inner.start_soon(self.startup)
                 task_status.started()
