@@ -354,7 +354,9 @@ async def builds(url: str, token: str, count: int, binary: Path, data_dir: Path)
                 await trio.sleep(0.01)
         elapsed = time.perf_counter() - t0
         if b["status"] != "succeeded":
-            raise BenchError(f"build {i} ended {b['status']}: {b.get('error')}")
+            logs = await client.build_logs(build_id)
+            tail = "\n".join(f"{ln['stage']}: {ln['output']}" for ln in logs["logs"][-15:])
+            raise BenchError(f"build {i} ended {b['status']}: {b.get('error')}\n{tail}")
         created = float(b["created_at"])
         started = float(b.get("started_at") or 0)
         completed = float(b.get("completed_at") or 0)
