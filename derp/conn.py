@@ -27,6 +27,7 @@ from derp import frames as fr
 from derp.errors import DerpConnectionClosed, DerpProtocolError, DerpTimeoutError
 from derp.handshake import build_client_info, open_server_info
 from derp.keys import check_key, public_key
+from derp.prefixed import PrefixedStream
 
 Event = (
     fr.RecvPacket
@@ -89,6 +90,7 @@ class DerpConn:
         self._decoder = decoder
         self._early: deque[fr.Frame] = deque()
         self._send_lock = trio.Lock()
+        self._sock = raw_socket(stream)
         self._pings: dict[bytes, _PendingPing] = {}
         self._closed = False
 
@@ -178,6 +180,27 @@ class DerpConn:
             raise DerpConnectionClosed(f"send failed: {exc!r}") from exc
         finally:
             lock.release()
+
+    def write_now(self, data: bytes) -> int:
+        """Write as much of ``data`` (encoded frames) as the socket takes now.
+
+        Never blocks and never yields: for callers that queue the rest
+        themselves (``derp.client``).  Returns the bytes written (0 when the
+        socket buffer is full or the socket broke: a later ``send_raw``
+        reports which), or -1 when a direct write is not possible at all
+        (not a plain TCP stream, closed, or another task is sending).  Bytes
+        partly written must be followed by the rest before any other frame.
+        """
+        sock = self._sock
+        if sock is None or self._closed or self._send_lock.locked():
+            return -1
+        fd = sock.fileno()
+        if fd < 0:
+            return -1
+        try:
+            return os.write(fd, data)
+        except OSError:
+            return 0
 
     async def send_packet(self, dst: bytes, data: bytes) -> None:
         """Send one packet to the peer with public key ``dst``.
@@ -352,3 +375,12 @@ async def _read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.F
         if not data:
             raise DerpConnectionClosed("relay closed the connection during the handshake")
         decoder.feed(data)
+
+
+def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket ``stream`` writes to unchanged, or None (TLS, WebSocket, memory)."""
+    while isinstance(stream, PrefixedStream):  # replays received bytes only
+        stream = stream.transport
+    if type(stream) is trio.SocketStream:
+        return stream.socket
+    return None

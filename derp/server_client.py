@@ -9,7 +9,7 @@ from collections import deque
 
 import trio
 
-from derp.prefixed import PrefixedStream
+from derp.conn import raw_socket
 
 
 class TokenBucket:
@@ -95,11 +95,3 @@ class Client:
         """True when nothing is queued or being written."""
         return not self.packets and not self.control and not self.busy
 
-
-def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The TCP socket ``stream`` writes to unchanged, or None (TLS, WebSocket, memory)."""
-    while isinstance(stream, PrefixedStream):  # replays received bytes only
-        stream = stream.transport
-    if type(stream) is trio.SocketStream:
-        return stream.socket
-    return None

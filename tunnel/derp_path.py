@@ -9,6 +9,7 @@ on this relay or another, and the sessions' own timers handle the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from derp.client import Connected, DerpClient, Packet, PeerGone
@@ -35,6 +36,12 @@ class DerpPath:
         """Send one datagram via the relay (dropped while disconnected)."""
         # The client only reads the buffer (never kept past the write): no copy.
         await self.client.send(dst, cast(bytes, data))
+
+    def set_datagram_handler(self, handler: Callable[[bytes, bytes], None] | None) -> None:
+        """Hand datagrams to ``handler(src, data)`` from the client's reader task
+        (no task switch per datagram); ``receive`` then returns only resets.
+        The handler must not block or raise. None restores ``receive``."""
+        self.client.set_packet_handler(handler)
 
     async def receive(self) -> PathEvent:
         """The next datagram, or ``PathReset`` after a (re)connection."""

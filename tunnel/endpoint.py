@@ -17,6 +17,7 @@ Typical use::
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -285,12 +286,21 @@ class Endpoint:
 
     # == paths ===========================================================
     async def _read_path(self, path: PacketPath) -> None:
-        while True:
-            try:
-                event = await path.receive()
-            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            self._dispatch(path, event)
+        # A path that can call us back with each datagram (the relay) does so
+        # from its own reader task: one task switch less per datagram.
+        attach = getattr(path, "set_datagram_handler", None)
+        if attach is not None:
+            attach(functools.partial(self._on_datagram, path))
+        try:
+            while True:
+                try:
+                    event = await path.receive()
+                except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                self._dispatch(path, event)
+        finally:
+            if attach is not None:
+                attach(None)
 
     def _dispatch(self, path: PacketPath, event: PathEvent) -> None:
         if isinstance(event, PathReset):
@@ -298,16 +308,19 @@ class Endpoint:
                 if event.peer is None or event.peer == key:
                     live.path_reset()
             return
-        session: Session | None = self._sessions.get(event.src)
+        self._on_datagram(path, event.src, event.data)
+
+    def _on_datagram(self, path: PacketPath, src: bytes, data: bytes) -> None:
+        session: Session | None = self._sessions.get(src)
         if session is None or session.error is not None:
-            if not event.data or event.data[0] != MSG_INITIATION:
+            if not data or data[0] != MSG_INITIATION:
                 self.dropped["no_session"] += 1
                 return
-            if not self._authorized(event.src):
+            if not self._authorized(src):
                 self.dropped["unauthorized_peer"] += 1
                 return
-            session = self._session_for(event.src)
-        session.datagram_received(event.data, path)
+            session = self._session_for(src)
+        session.datagram_received(data, path)
 
     async def listen_direct(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Accept direct-path TCP connections from authorised peers.
