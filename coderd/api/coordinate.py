@@ -27,6 +27,11 @@ from relay.http import Response
 
 log = logging.getLogger("burrow.coderd.coordinator")
 CLOSE_POLICY = 1008
+# Agent liveness: coderd pings each agent connection this often and drops it
+# (the agent shows disconnected) when a pong takes longer than the timeout --
+# a frozen or partitioned agent whose TCP connection never closes.
+AGENT_PING_INTERVAL = 5.0
+AGENT_PING_TIMEOUT = 10.0
 
 
 async def _serve(call: Call, role: str, agent_id: str) -> None:
@@ -69,10 +74,26 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
             await trio.sleep(REANNOUNCE)
             await announce()
 
+    async def keepalive(nursery: trio.Nursery) -> None:
+        while True:
+            await trio.sleep(AGENT_PING_INTERVAL)
+            with trio.move_on_after(AGENT_PING_TIMEOUT) as timer:
+                try:
+                    await ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return  # the message loop sees the close and ends the connection
+            if timer.cancelled_caught:
+                log.info("coordinator %s %s: no pong within %g s; dropping it", role, conn_id,
+                         AGENT_PING_TIMEOUT)
+                nursery.cancel_scope.cancel()
+                return
+
     try:
         async with ps.subscribe(ch) as sub, trio.open_nursery() as nursery:
             nursery.start_soon(from_pubsub, sub)
             nursery.start_soon(reannounce)
+            if role == "agent":
+                nursery.start_soon(keepalive, nursery)
             await send({"type": "welcome", "id": conn_id, "relay_map": relay_map(call.cd)})
             await ps.publish(ch, Event("hello", role, conn_id).encode())
             try:

@@ -246,3 +246,18 @@ def test_start_blocks_login_holds_ssh_until_the_script_ends(site: Site) -> None:
     assert proc.stdout == b"done\n"
     assert b"waiting for the workspace's startup script" in proc.stderr
     assert site.agent("gated")["lifecycle_state"] == "ready"
+
+
+def test_frozen_agent_shows_disconnected_then_reconnects(site: Site) -> None:
+    """A stopped (SIGSTOP) agent keeps its TCP connection open: coderd's pings find it."""
+    pid = int((site.root("dev") / "agent.pid").read_text())
+    site.wait_agent("dev", lambda a: a.get("status") == "connected")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        site.wait_agent("dev", lambda a: a.get("status") == "disconnected", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    site.wait_agent("dev", lambda a: a.get("status") == "connected", timeout=30)
+    proc = site.ssh("burrow.dev", "echo thawed")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"thawed\n"
