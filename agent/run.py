@@ -39,7 +39,9 @@ import json
 import logging
 import math
 import os
+import socket
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,25 @@ def load_or_create_node_key(path: Path) -> bytes:
     if len(key) != 32:
         raise AgentError(f"{path} does not hold a 32-byte key (64 hex digits)")
     return key
+
+
+def advertised_host(bound: str, coderd_url: str) -> str:
+    """The address peers should dial for a listener bound to ``bound``.
+
+    A wildcard bind (``0.0.0.0``, ``::``) is advertised as the local address
+    this host uses to reach coderd -- the interface other machines most
+    likely reach it on; any other address as itself.
+    """
+    if bound not in ("0.0.0.0", "::", ""):
+        return bound
+    host = urllib.parse.urlsplit(coderd_url).hostname or "127.0.0.1"
+    family = socket.AF_INET6 if bound == "::" else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))  # UDP connect: picks a route, sends nothing
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
 def parse_regions(relay_map: Any) -> list[Region]:
@@ -532,7 +553,8 @@ class Agent:
                 await inner.start(self.endpoint.run)
                 if opts.direct_address:
                     try:
-                        self.direct = await self.endpoint.listen_direct(opts.direct_address, 0)
+                        host, port = await self.endpoint.listen_direct(opts.direct_address, 0)
+                        self.direct = (advertised_host(host, self.api.url), port)
                     except OSError as exc:
                         log.warning("no direct path: %s", exc)
                 endpoint = self.endpoint

@@ -347,3 +347,13 @@ def test_cli_sigterm_while_coderd_is_unreachable_exits_cleanly(tmp_path: Path) -
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
     assert (tmp_path / "d" / "node_key").exists()
+
+
+def test_direct_endpoint_advertises_a_reachable_address_for_a_wildcard_bind() -> None:
+    from agent.run import advertised_host
+
+    assert advertised_host("127.0.0.1", "http://10.9.9.9:3000") == "127.0.0.1"
+    assert advertised_host("192.0.2.7", "http://127.0.0.1:3000") == "192.0.2.7"
+    # bound to every interface: the address this host reaches coderd from
+    assert advertised_host("0.0.0.0", "http://127.0.0.1:3000") == "127.0.0.1"
+    assert advertised_host("0.0.0.0", "http://[::1]:3000") == "127.0.0.1"  # v4 bind, v6 coderd
