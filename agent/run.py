@@ -66,6 +66,7 @@ from tunnel.stream import TunnelStream
 log = logging.getLogger("burrow.agent")
 
 PEER_GRACE = 300.0
+TOKEN_REFUSALS = 3  # consecutive 401/403 from the coordinator before the agent gives up
 REHOME_CHECK = 1.0  # seconds between looks at the home relay connection
 HEARTBEAT = 10.0
 MAX_BACKOFF = 30.0
@@ -425,16 +426,24 @@ class Agent:
     async def coordinate(self) -> None:
         """Hold the coordinator WebSocket, reopening it with backoff, forever."""
         backoff = 0.25
+        refusals = 0
         while True:
             started = trio.current_time()
+            refused = False
             try:
                 await self._coordinate_once()
             except* trio_websocket.HandshakeError as group:
                 log.info("coordinator refused the connection: %s", _describe(group))
+                refused = any(getattr(e, "status_code", 0) in (401, 403) for e in group.exceptions)
             except* Exception as group:
                 # Closed, reset, timed out, garbage: all the same to us -- reconnect.  Never
                 # let the control plane's trouble end the agent (sessions keep running).
                 log.info("coordinator connection lost: %s", _describe(group))
+            refusals = refusals + 1 if refused else 0
+            if refusals >= TOKEN_REFUSALS:
+                # The workspace was stopped, rebuilt or deleted: this agent has no job left.
+                raise AgentError("coderd no longer accepts the agent token (workspace stopped "
+                                 "or rebuilt?)")
             if trio.current_time() - started > 10:
                 backoff = 0.25
             await trio.sleep(backoff)

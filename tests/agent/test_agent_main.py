@@ -357,3 +357,31 @@ def test_direct_endpoint_advertises_a_reachable_address_for_a_wildcard_bind() ->
     # bound to every interface: the address this host reaches coderd from
     assert advertised_host("0.0.0.0", "http://127.0.0.1:3000") == "127.0.0.1"
     assert advertised_host("0.0.0.0", "http://[::1]:3000") == "127.0.0.1"  # v4 bind, v6 coderd
+
+
+async def test_agent_ends_when_the_coordinator_keeps_refusing_its_token(tmp_path: Path) -> None:
+    from relay.frontdoor import FrontDoor
+    from relay.http import Request, Response, Upgrade
+    from relay.listener import serve_http
+
+    attempts: list[str] = []
+
+    async def coderd(request: Request, upgrade: Upgrade) -> Response | None:
+        if request.path.endswith("/manifest"):
+            return Response.json(200, {"relay_map": {"regions": [
+                {"region_id": 1, "url": f"http://127.0.0.1:{_dead_port()}"}]}})
+        if request.path.endswith("/coordinate"):
+            attempts.append(request.path)
+            return Response.json(401, {"message": "agent token is no longer valid"})
+        return Response(204)
+
+    door = FrontDoor()
+    door.mount("/api/v2", coderd)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_http, door, "127.0.0.1:0")
+        agent = Agent(AgentOptions(url=url, token="t", data_dir=tmp_path, direct_address=""))
+        with trio.fail_after(20), pytest.RaisesGroup(
+                pytest.RaisesExc(AgentError, match="no longer accepts"), flatten_subgroups=True):
+            await agent.run()
+        nursery.cancel_scope.cancel()
+    assert len(attempts) == 3
