@@ -507,10 +507,13 @@ class Session:
     # == timers ==========================================================
     def _reschedule_timer(self) -> None:
         # Moving the deadline of the scope the timer task sleeps in needs no
-        # task switch; the timer recomputes the exact deadline when it wakes.
+        # task switch.  Later as well as earlier: a delayed ACK or a
+        # retransmission deadline that is no longer due (the answer carried
+        # the ACK, the ACK came) must not wake the timer task for nothing.
         deadline = self._deadline()
-        if deadline < self._timer_scope.deadline:
-            self._timer_scope.deadline = deadline
+        scope = self._timer_scope
+        if deadline != scope.deadline:
+            scope.deadline = deadline
 
     def _deadline(self) -> float:
         t = min(self.conn.next_deadline(), self._ack_due)
