@@ -1,4 +1,4 @@
-"""``python -m bench <name>``: run one benchmark (``relay``, ``control``, ``ssh``)."""
+"""``python -m bench <name>``: run one benchmark (``relay``, ``control``, ``ssh``, ``tunnel``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def main(argv: list[str]) -> int:
                          "       python -m bench control [--backend sqlite|postgres|both]"
                          " [--clients N] [--seconds S] [--builds N] [--json]\n"
                          "       python -m bench ssh [--mib N] [--rtt-count N] [--runs N]"
-                         " [--json]\n")
+                         " [--json]\n"
+                         "       python -m bench tunnel [--seconds S] [--rtt-count N] [--json]\n")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "relay":
@@ -27,12 +28,18 @@ def main(argv: list[str]) -> int:
         from bench import ssh
 
         return ssh.main_cli(rest)
+    if name == "tunnel":
+        from bench import tunnel
+
+        return tunnel.main(rest)
     if name == "_role":  # internal: child processes of a benchmark
         from bench import relay
 
         relay._run_role(rest)
         return 0
-    sys.stderr.write(f"python -m bench: unknown benchmark {name!r} (known: relay, control, ssh)\n")
+    sys.stderr.write(
+        f"python -m bench: unknown benchmark {name!r} (known: relay, control, ssh, tunnel)\n"
+    )
     return 2
 
 

@@ -287,6 +287,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput run per case")
     parser.add_argument("--rtt-count", type=int, default=500, help="ping-pongs per path")
     args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 60 or not 0 < args.rtt_count <= 100_000:
+        parser.error("--seconds must be in (0, 60] and --rtt-count in (0, 100000]")
     report = run(args)
     sys.stdout.write((json.dumps(report, indent=2) if args.json else table(report)) + "\n")
     return 0

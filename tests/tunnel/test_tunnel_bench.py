@@ -21,3 +21,15 @@ def test_bench_tunnel_smoke() -> None:
         assert row["throughput_mbit"] > 0
         assert row["throughput_8_mbit"] > 0
         assert row["rtt_p50_us"] > 0
+
+
+def test_bench_tunnel_via_bench_main_rejects_bad_flags() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "tunnel", "--rtt-count", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "--rtt-count" in out.stderr
+    assert "Traceback" not in out.stderr
