@@ -238,3 +238,78 @@ async def test_relay_that_stops_reading_is_abandoned_after_write_timeout() -> No
             assert a.connects == 2
             assert a.dropped_disconnected > 0
             nursery.cancel_scope.cancel()
+
+
+async def test_packet_handler_takes_packets_from_the_reader(relay: RelayNode) -> None:
+    assert relay.url is not None
+    a = DerpClient(relay.url, generate_private_key())
+    b = DerpClient(relay.url, generate_private_key())
+    got: list[tuple[bytes, bytes]] = []
+
+    def handler(src: bytes, data: bytes) -> None:
+        if data == b"boom":
+            raise RuntimeError("handler bug")
+        got.append((src, data))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            b.set_packet_handler(handler)
+            payloads = [bytes([i % 256]) * (1 + i * 997 % 65536) for i in range(100)]
+            for p in payloads[:50]:
+                await a.send(b.public_key, p)
+            await a.send(b.public_key, b"boom")  # logged and dropped; the reader lives on
+            for p in payloads[50:]:
+                await a.send(b.public_key, p)
+            for _ in range(1000):
+                if len(got) == len(payloads):
+                    break
+                await trio.sleep(0.01)
+            assert [d for _, d in got] == payloads
+            assert all(s == a.public_key for s, _ in got)
+            assert b.packets_received == len(payloads) + 1
+            # None restores delivery through receive().
+            b.set_packet_handler(None)
+            await a.send(b.public_key, b"via receive")
+            assert (await next_packet(b)).data == b"via receive"
+            nursery.cancel_scope.cancel()
+
+
+async def test_send_order_kept_when_the_socket_fills() -> None:
+    """Sends written straight to the socket and sends queued behind a partial
+    write (the relay reads slowly: rate limit) arrive complete and in order."""
+    from derp.server import DerpServer
+    from relay.frontdoor import FrontDoor
+    from relay.http import Request, Response, Upgrade
+    from relay.listener import serve_http
+
+    server = DerpServer(generate_private_key(), rate_limit=16 << 20, rate_burst=1 << 20)
+
+    async def derp(request: Request, upgrade: Upgrade) -> Response | None:
+        await server.serve(await upgrade.accept_raw([], "DERP"))
+        return None
+
+    door = FrontDoor()
+    door.mount("/derp", derp)
+    count = 320  # ~20 MiB: more than the loopback socket buffers hold
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, door, "127.0.0.1:0")
+            a = DerpClient(url, generate_private_key())
+            b = DerpClient(url, generate_private_key())
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+
+            async def sender() -> None:
+                for i in range(count):
+                    await a.send(b.public_key, i.to_bytes(4, "big") * 16383 + b"end!")
+
+            nursery.start_soon(sender)
+            for i in range(count):
+                data = (await next_packet(b)).data
+                assert len(data) == 65536
+                assert data[:4] == i.to_bytes(4, "big")
+                assert data[-8:] == i.to_bytes(4, "big") + b"end!"
+            assert a.dropped_disconnected == 0
+            nursery.cancel_scope.cancel()
