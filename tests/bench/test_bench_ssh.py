@@ -27,6 +27,7 @@ def test_bench_ssh_runs_every_row_and_reports_json() -> None:
     report = json.loads(proc.stdout)
     assert [r["name"] for r in report["results"]] == ROWS
     assert report["paths"] == {"relay": "relay", "direct": "direct"}
+    assert report["paths_after"] == report["paths"]
     assert "burrow agent" in report["agent"]
     for r in report["results"]:
         for key in ("upload_mb_s", "download_mb_s", "rtt_p50_us", "connect_ms"):
