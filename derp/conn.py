@@ -323,9 +323,16 @@ class DerpConn:
         while True:
             frame = self._early.popleft() if self._early else self._decoder.next_frame()
             if frame is None:
+                sock = self._sock
                 try:
-                    data = await self.stream.receive_some(_RECV_BYTES)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    if sock is not None and not replays_bytes(self.stream):
+                        try:
+                            data = await read_socket(sock, _RECV_BYTES)
+                        except BlockingIOError:
+                            continue
+                    else:
+                        data = await self.stream.receive_some(_RECV_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self._fail_pings()
                     raise DerpConnectionClosed(f"receive failed: {exc!r}") from exc
                 if not data:
@@ -384,3 +391,25 @@ def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     if type(stream) is trio.SocketStream:
         return stream.socket
     return None
+
+
+def replays_bytes(stream: trio.abc.Stream) -> bool:
+    """True while a ``PrefixedStream`` layer of ``stream`` still holds bytes to
+    replay: until then, reading its socket directly would skip them."""
+    while isinstance(stream, PrefixedStream):
+        if stream._prefix:
+            return True
+        stream = stream.transport
+    return False
+
+
+async def read_socket(sock: trio.socket.SocketType, max_bytes: int) -> bytes | bytearray:
+    """Wait until ``sock`` is readable, then read it with one syscall.
+
+    Cheaper than ``SocketStream.receive_some`` for a reader that usually
+    waits (no failed read before the wait, none of the wrapper layers); the
+    caller must be the only reader and must handle ``BlockingIOError`` (a
+    spurious wake-up: try again) and ``OSError`` (broken or closed).
+    """
+    await trio.lowlevel.wait_readable(sock)
+    return os.read(sock.fileno(), max_bytes)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from derp import frames as fr
+from derp.conn import read_socket, replays_bytes
 from derp.errors import DerpProtocolError
 from derp.handshake import build_server_info, open_client_info, server_key_frame
 from derp.keys import check_key, public_key
@@ -485,6 +486,7 @@ class DerpServer:
         queue_size = self.queue_size
         drops = m.drops
         touched: list[Client] = []  # destinations this chunk queued to, to write now
+        sock = c.sock  # plain TCP: read it directly (see derp.conn.read_socket)
         while True:
             while (frame := next_frame()) is not None:
                 if type(frame) is _SendPacket:
@@ -521,7 +523,13 @@ class DerpServer:
                 for dst in touched:
                     self._write_now(dst)
                 touched.clear()
-            received = await stream.receive_some(_RECV_BYTES)
+            if sock is not None and not replays_bytes(stream):
+                try:
+                    received = await read_socket(sock, _RECV_BYTES)
+                except BlockingIOError:
+                    continue
+            else:
+                received = await stream.receive_some(_RECV_BYTES)
             if not received:
                 m.closes["eof"] += 1
                 return
