@@ -33,8 +33,32 @@ def _default_data_dir() -> str:
     return os.path.join(base, "burrow", "agent")
 
 
+def _joined_token(args: list[str]) -> list[str]:
+    """``--token VALUE`` -> ``--token=VALUE``: agent tokens may start with ``-``, which
+    argparse would take for an option (templates pass ``--token "$TOKEN"``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--token" and i + 1 < len(args):
+            out.append("--token=" + args[i + 1])
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 def register(sub: Any) -> None:
     parser = sub.add_parser("agent", help="run the workspace agent (inside a workspace)")
+    base = type(parser)
+
+    class AgentParser(base):  # type: ignore[valid-type,misc]
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            if args is not None:
+                args = _joined_token(list(args))
+            return super().parse_known_args(args, namespace)
+
+    parser.__class__ = AgentParser
     add(parser, "--url", help="coderd's access URL (the template passes it)")
     parser.add_argument("--token", default=None,
                         help="the agent token [$BURROW_AGENT_TOKEN]")

@@ -315,15 +315,23 @@ def test_cli_refused_token_is_one_line_exit_1(tmp_path: Path) -> None:
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        proc = _agent_cli("--url", f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"),
-                          env={"BURROW_AGENT_TOKEN": "nope"})
+        url = f"http://127.0.0.1:{port}"
+        procs = [
+            _agent_cli("--url", url, "--data-dir", str(tmp_path / "d"),
+                       env={"BURROW_AGENT_TOKEN": "nope"}),
+            # a token may start with "-" (url-safe base64); templates pass it as --token "$T"
+            _agent_cli("--url", url, "--token", "-starts-with-a-dash", "--data-dir",
+                       str(tmp_path / "d")),
+        ]
     finally:
         server.kill()
         server.wait(10)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "burrow agent: coderd refused the agent token: HTTP 401: agent authentication required")
-    assert "Traceback" not in proc.stderr
+    for proc in procs:
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "burrow agent: coderd refused the agent token: HTTP 401: agent authentication "
+            "required")
+        assert "Traceback" not in proc.stderr
 
 
 def test_cli_sigterm_while_coderd_is_unreachable_exits_cleanly(tmp_path: Path) -> None:
