@@ -327,20 +327,28 @@ class BuildTimes:
     dispatch_ms: list[float]
     server_s: list[float]
     client_s: list[float]
+    failures: list[str]  # builds that did not succeed: their error, counted in the report
+    agent_token: str = ""  # the token the last successful build gave the dummy agent
 
 
 async def builds(url: str, token: str, count: int, binary: Path, data_dir: Path) -> BuildTimes:
-    """Create ``count`` workspaces one after another, each waited for until it succeeds.
+    """Create workspaces one after another, each waited for, until ``count`` succeeded.
+
+    A failed build is recorded (``failures``, with its last log lines) and
+    another workspace is tried, at most ``count + 3`` in all.
 
     Raises:
-        BenchError: a build ended in another state, or took over 120 s.
+        BenchError: too many builds failed, or one took over 120 s.
     """
     from burrow.api_client import Client
 
     client = Client(url, token)
-    out = BuildTimes([], [], [])
+    out = BuildTimes([], [], [], [])
     variables = {"burrow_binary": str(binary), "data_dir": str(data_dir)}
-    for i in range(count):
+    token_file = binary.parent / "agent-token"
+    for i in range(count + 3):
+        if len(out.server_s) == count:
+            break
         t0 = time.perf_counter()
         ws = await client.create_workspace(f"bench{i}", "local", variables)
         build_id = (ws.get("latest_build") or {}).get("id")
@@ -355,14 +363,19 @@ async def builds(url: str, token: str, count: int, binary: Path, data_dir: Path)
         elapsed = time.perf_counter() - t0
         if b["status"] != "succeeded":
             logs = await client.build_logs(build_id)
-            tail = "\n".join(f"{ln['stage']}: {ln['output']}" for ln in logs["logs"][-15:])
-            raise BenchError(f"build {i} ended {b['status']}: {b.get('error')}\n{tail}")
+            tail = "\n".join(f"{ln['stage']}: {ln['output']}" for ln in logs["logs"][-8:])
+            out.failures.append(f"build {i} ended {b['status']}: {b.get('error')}\n{tail}")
+            sys.stderr.write(f"bench control: {out.failures[-1]}\n")
+            continue
+        out.agent_token = token_file.read_text().strip() if token_file.exists() else ""
         created = float(b["created_at"])
         started = float(b.get("started_at") or 0)
         completed = float(b.get("completed_at") or 0)
         out.dispatch_ms.append((started - created) * 1e3)
         out.server_s.append(completed - created)
         out.client_s.append(elapsed)
+    if len(out.server_s) < count:
+        raise BenchError(f"{len(out.failures)} builds failed:\n" + "\n".join(out.failures))
     return out
 
 
@@ -381,7 +394,7 @@ async def _measure_backend(url: str, args: argparse.Namespace, tmp: Path, binary
                            ) -> dict[str, Any]:
     token = await _setup(url)
     times = await builds(url, token, args.builds, binary, tmp / "workspaces")
-    agent_token = (binary.parent / "agent-token").read_text().strip()
+    agent_token = times.agent_token
     if not agent_token:
         raise BenchError("the dummy agent recorded no token")
     rows: dict[str, Any] = {}
@@ -399,6 +412,7 @@ async def _measure_backend(url: str, args: argparse.Namespace, tmp: Path, binary
         "dispatch_ms": times.dispatch_ms,
         "build_server_s": times.server_s,
         "build_client_s": times.client_s,
+        "build_failures": times.failures,
     }
 
 
@@ -456,10 +470,12 @@ def table(report: dict[str, Any]) -> str:
         f" {'x terraform alone':>18}",
     ]
     for name, r in report["backends"].items():
+        failed = f"  ({len(r['build_failures'])} failed builds not counted)" \
+            if r["build_failures"] else ""
         out.append(
             f"{name:9} {r['dispatch_p50_ms']:9.1f}/{max(r['dispatch_ms']):<10.1f}"
             f" {r['build_server_p50_s']:17.2f}/{r['build_client_p50_s']:<18.2f}"
-            f" {r['build_x_terraform']:18.2f}"
+            f" {r['build_x_terraform']:18.2f}{failed}"
         )
     out.append(f"{'terraform init+apply alone (the baseline)':47}"
                f" {report['terraform_alone_p50_s']:8.2f} s")

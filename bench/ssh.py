@@ -76,7 +76,8 @@ variable "token_file" {
   type = string
 }
 resource "terraform_data" "agent" {
-  count = var.burrow_workspace_transition == "start" ? 1 : 0
+  count            = var.burrow_workspace_transition == "start" ? 1 : 0
+  triggers_replace = [sha256(var.burrow_agent_token)]
   provisioner "local-exec" {
     command     = "printf %s \\"$T\\" > \\"$F\\""
     environment = { T = var.burrow_agent_token, F = var.token_file }
@@ -175,12 +176,18 @@ def start_sshd(procs: Procs, tmp: Path, client_key: Path) -> int:
     raise BenchError(f"sshd did not listen: {(tmp / 'sshd.log').read_text(errors='replace')}")
 
 
-def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+def _cli(env: dict[str, str], *args: str, timeout: float = 120, check: bool = True) -> str:
+    """stdout + stderr of ``burrow args...``.
+
+    Raises:
+        BenchError: it exited non-zero (with ``check``).
+    """
     done = subprocess.run([sys.executable, "-m", "burrow.cli", *args], env=env, text=True,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
                           check=False)
-    if done.returncode != 0:
-        raise BenchError(f"burrow {' '.join(args[:2])}: {done.stderr.strip()[-1000:]}")
+    if check and done.returncode != 0:
+        raise BenchError(f"burrow {' '.join(args[:2])}: {done.stdout.strip()[-1000:]}"
+                         f" {done.stderr.strip()[-1000:]}")
     return done.stdout + done.stderr
 
 
@@ -190,6 +197,7 @@ class Burrow:
     ssh_config: Path
     tcp_port: int
     paths: dict[str, str]
+    build_failures: list[str]
 
 
 def start_burrow(procs: Procs, stack: contextlib.ExitStack, tmp: Path) -> Burrow:
@@ -211,13 +219,21 @@ def start_burrow(procs: Procs, stack: contextlib.ExitStack, tmp: Path) -> Burrow
     tpl.mkdir()
     (tpl / "main.tf").write_text(TEMPLATE)
     _cli(env, "templates", "push", str(tpl), "--name", "t")
+    failures: list[str] = []
     for name in ("relay", "direct"):
         token_file = tmp / f"token-{name}"
         _cli(env, "create", name, "--template", "t", "--var", f"token_file={token_file}",
              "--var", f"directory={tmp / 'home'}")
-        out = _cli(env, "logs", name, "--follow")
-        if "start: succeeded" not in out:
-            raise BenchError(f"workspace {name} did not build: {out[-1000:]}")
+        for attempt in range(3):
+            if attempt:
+                _cli(env, "start", name)
+            out = _cli(env, "logs", name, "--follow", check=False)
+            if "start: succeeded" in out:
+                break
+            failures.append(f"workspace {name}: {out.strip()[-600:]}")
+            sys.stderr.write(f"bench ssh: build failed, starting again: {failures[-1]}\n")
+        else:
+            raise BenchError("builds failed:\n" + "\n".join(failures))
         agent_env = dict(env, BURROW_AGENT_TOKEN=token_file.read_text().strip())
         log = open(tmp / f"agent-{name}.log", "wb")  # noqa: SIM115 - lives as long as the agent
         procs.items.append(subprocess.Popen(
@@ -236,7 +252,7 @@ def start_burrow(procs: Procs, stack: contextlib.ExitStack, tmp: Path) -> Burrow
     tcp_port = int(line)
     _cli(env, "config-ssh")
     paths = {name: settled_path(env, name, name) for name in ("relay", "direct")}
-    return Burrow(env, tmp / "home" / ".ssh" / "config", tcp_port, paths)
+    return Burrow(env, tmp / "home" / ".ssh" / "config", tcp_port, paths, failures)
 
 
 def settled_path(env: dict[str, str], workspace: str, want: str, seconds: float = 15) -> str:
@@ -465,7 +481,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["x_connect"] = r["connect_ms"] / base["connect_ms"]
     return {
         "agent": "real `burrow agent` processes (relay one with --direct-address '')",
-        "paths": burrow.paths, "paths_after": paths_after, "mib": args.mib, "runs": args.runs,
+        "paths": burrow.paths, "paths_after": paths_after,
+        "build_failures": burrow.build_failures, "mib": args.mib, "runs": args.runs,
         "transfer_runs": args.transfer_runs, "rtt_count": args.rtt_count,
         "cipher": args.cipher or "OpenSSH default", "shell": f"{SHELL} with SHLVL=1 (no ~/.bashrc)",
         "targets": TARGETS, "results": results,
