@@ -174,6 +174,31 @@ class DerpConn:
         else:
             # Uncontended: skip Lock.acquire's scheduler yield (send_all yields anyway).
             lock.acquire_nowait()
+            sock = self._sock
+            if sock is not None:
+                # Plain TCP: one write syscall, with send_all's checkpoints
+                # (cancel point before, schedule point after) but none of its
+                # wrapper layers; the socket's leftovers go through send_all.
+                try:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    fd = sock.fileno()
+                    try:
+                        n = os.write(fd, data) if fd >= 0 else 0
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        raise DerpConnectionClosed(f"send failed: {exc!r}") from exc
+                    if n:
+                        data = data[n:]
+                except BaseException:
+                    lock.release()
+                    raise
+                if not data:
+                    try:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    finally:
+                        lock.release()
+                    return
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
