@@ -110,8 +110,8 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
                 await ws.aclose(CLOSE_POLICY, str(exc)[:100])
             finally:
                 nursery.cancel_scope.cancel()
-    except trio_websocket.ConnectionClosed:
-        pass
+    except* trio_websocket.ConnectionClosed:
+        pass  # also when it surfaces from inside the nursery, wrapped in a group
     finally:
         gauge[role] -= 1
         with trio.CancelScope(shield=True), trio.move_on_after(2):

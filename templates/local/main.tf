@@ -95,7 +95,7 @@ resource "terraform_data" "agent" {
   provisioner "local-exec" {
     working_dir = local.home
     command     = <<-EOT
-      setsid "$BURROW_BINARY" agent --url "$BURROW_AGENT_URL" --token "$BURROW_AGENT_TOKEN" \
+      setsid "$BURROW_BINARY" agent --url "$BURROW_AGENT_URL" \
         >"$LOG_FILE" 2>&1 </dev/null &
       echo $! >"$PID_FILE"
     EOT

@@ -87,7 +87,7 @@ def test_ssh_command_exit_code_env_and_directory(site: Site) -> None:
     assert proc.returncode == 7, proc.stderr
     lines = proc.stdout.decode().splitlines()
     assert lines == [str(site.root("dev") / "home"), "token=none"]
-    # templates/local passes --token; the agent moved it out of its (world-readable) argv
+    # the token never appears in the agent's (world-readable) argv
     pid = int((site.root("dev") / "agent.pid").read_text())
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"agent" in argv

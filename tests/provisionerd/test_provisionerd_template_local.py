@@ -93,7 +93,8 @@ async def test_local_template_lifecycle(tmp_path: Path) -> None:
         started.append(pid)
         assert alive(pid)
         args = await wait_file(ws_root / "args")
-        assert args.split() == ["agent", "--url", "http://127.0.0.1:9", "--token", "tok1"]
+        # The token reaches the agent only through its environment, never its argv.
+        assert args.split() == ["agent", "--url", "http://127.0.0.1:9"]
         env = (await wait_file(ws_root / "env")).split()
         assert env == ["http://127.0.0.1:9", "tok1", str(ws_root / "home")]
         # The agent is detached in its own session (survives terraform's group).
@@ -106,12 +107,13 @@ async def test_local_template_lifecycle(tmp_path: Path) -> None:
         assert (ws_root / "home" / "work.txt").read_text() == "keep me"
 
         (ws_root / "args").unlink()
+        (ws_root / "env").unlink()
         state = await build("start", state, 3, token="tok2")
         pid2 = int(await wait_file(ws_root / "agent.pid"))
         started.append(pid2)
         assert pid2 != pid
         assert alive(pid2)
-        assert "tok2" in await wait_file(ws_root / "args")
+        assert "tok2" in await wait_file(ws_root / "env")
         assert (ws_root / "home" / "work.txt").read_text() == "keep me"
 
         await build("delete", state, 4)
