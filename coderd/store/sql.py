@@ -2,7 +2,8 @@
 
 Each public method is one transaction: a nested ``async def q(tx)`` that runs
 on the database's asyncio thread (see ``aiobridge.py``) and is handed over
-with :meth:`SqlStore._tx`.  Dialect differences are kept to three spots:
+with :meth:`SqlStore._tx`; the methods that are a single statement go through
+``_one``/``_all``/``_exec``, which build that ``q`` for them.  Dialect differences are kept to three spots:
 placeholders (the Postgres adapter rewrites ``?``), row locks
 (``FOR UPDATE [SKIP LOCKED]`` on Postgres; SQLite's ``BEGIN IMMEDIATE``
 write transactions serialise instead), and the first-user advisory lock.
@@ -165,6 +166,12 @@ def _log(r: Row) -> LogLine:
     )
 
 
+def _agent_log(r: Row) -> AgentLogLine:
+    return AgentLogLine(
+        output=r["output"], source=r["source"], created_at=r["created_at"], id=int(r["id"])
+    )
+
+
 def _resource(r: Row) -> Resource:
     return Resource(
         id=r["id"],
@@ -249,6 +256,28 @@ class SqlStore(Store):
     async def _tx(self, fn: Callable[[Tx], Awaitable[T]], *, write: bool = False) -> T:
         return await self._bridge.run(lambda: self._db.transaction(fn, write=write))
 
+    # The three shapes most methods share: one read-only query whose single row
+    # (or every row) is converted, or one write statement and its row count.
+
+    async def _one(self, conv: Callable[[Row], T], sql: str, *args: Any) -> T | None:
+        async def q(tx: Tx) -> T | None:
+            row = await tx.fetchone(sql, *args)
+            return conv(row) if row else None
+
+        return await self._tx(q)
+
+    async def _all(self, conv: Callable[[Row], T], sql: str, *args: Any) -> list[T]:
+        async def q(tx: Tx) -> list[T]:
+            return [conv(r) for r in await tx.fetchall(sql, *args)]
+
+        return await self._tx(q)
+
+    async def _exec(self, sql: str, *args: Any) -> int:
+        async def q(tx: Tx) -> int:
+            return await tx.execute(sql, *args)
+
+        return await self._tx(q, write=True)
+
     async def close(self) -> None:
         await self._bridge.run(self._db.close)
         if self._owns_bridge:
@@ -289,51 +318,34 @@ class SqlStore(Store):
         return await self._tx(q, write=True)
 
     async def get_user(self, user_id: str) -> User | None:
-        async def q(tx: Tx) -> User | None:
-            row = await tx.fetchone("SELECT * FROM users WHERE id = ?", user_id)
-            return _user(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_user, "SELECT * FROM users WHERE id = ?", user_id)
 
     async def get_user_by_login(self, username_or_email: str) -> User | None:
-        async def q(tx: Tx) -> User | None:
-            row = await tx.fetchone(
-                "SELECT * FROM users WHERE username = ? OR email = ?",
-                username_or_email,
-                username_or_email,
-            )
-            return _user(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            _user,
+            "SELECT * FROM users WHERE username = ? OR email = ?",
+            username_or_email,
+            username_or_email,
+        )
 
     async def list_users(self) -> list[User]:
-        async def q(tx: Tx) -> list[User]:
-            return [_user(r) for r in await tx.fetchall("SELECT * FROM users ORDER BY created_at")]
-
-        return await self._tx(q)
+        return await self._all(_user, "SELECT * FROM users ORDER BY created_at")
 
     async def insert_api_key(self, key: ApiKey) -> None:
-        async def q(tx: Tx) -> None:
-            await tx.execute(
-                "INSERT INTO api_keys (id, user_id, hashed_secret, kind, name, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                key.id,
-                key.user_id,
-                key.hashed_secret,
-                key.kind,
-                key.name,
-                key.created_at,
-                key.expires_at,
-            )
-
-        await self._tx(q, write=True)
+        await self._exec(
+            "INSERT INTO api_keys (id, user_id, hashed_secret, kind, name, created_at,"
+            " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            key.id,
+            key.user_id,
+            key.hashed_secret,
+            key.kind,
+            key.name,
+            key.created_at,
+            key.expires_at,
+        )
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
-        async def q(tx: Tx) -> ApiKey | None:
-            row = await tx.fetchone("SELECT * FROM api_keys WHERE id = ?", key_id)
-            return _key(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_key, "SELECT * FROM api_keys WHERE id = ?", key_id)
 
     async def get_api_key_and_user(self, key_id: str) -> tuple[ApiKey, User] | None:
         async def q(tx: Tx) -> tuple[ApiKey, User] | None:
@@ -346,27 +358,18 @@ class SqlStore(Store):
         return await self._tx(q)
 
     async def list_api_keys(self, user_id: str, kind: str) -> list[ApiKey]:
-        async def q(tx: Tx) -> list[ApiKey]:
-            rows = await tx.fetchall(
-                "SELECT * FROM api_keys WHERE user_id = ? AND kind = ? ORDER BY created_at",
-                user_id,
-                kind,
-            )
-            return [_key(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(
+            _key,
+            "SELECT * FROM api_keys WHERE user_id = ? AND kind = ? ORDER BY created_at",
+            user_id,
+            kind,
+        )
 
     async def delete_api_key(self, key_id: str) -> bool:
-        async def q(tx: Tx) -> bool:
-            return await tx.execute("DELETE FROM api_keys WHERE id = ?", key_id) > 0
-
-        return await self._tx(q, write=True)
+        return await self._exec("DELETE FROM api_keys WHERE id = ?", key_id) > 0
 
     async def delete_expired_api_keys(self, now: float) -> int:
-        async def q(tx: Tx) -> int:
-            return await tx.execute("DELETE FROM api_keys WHERE expires_at < ?", now)
-
-        return await self._tx(q, write=True)
+        return await self._exec("DELETE FROM api_keys WHERE expires_at < ?", now)
 
     # -- templates -------------------------------------------------------
 
@@ -433,52 +436,36 @@ class SqlStore(Store):
         return await self._tx(q, write=True)
 
     async def get_template(self, id_or_name: str) -> Template | None:
-        async def q(tx: Tx) -> Template | None:
-            row = await tx.fetchone(
-                "SELECT * FROM templates WHERE id = ? OR name = ?", id_or_name, id_or_name
-            )
-            return _template(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            _template, "SELECT * FROM templates WHERE id = ? OR name = ?", id_or_name, id_or_name
+        )
 
     async def list_templates(self) -> list[Template]:
-        async def q(tx: Tx) -> list[Template]:
-            rows = await tx.fetchall("SELECT * FROM templates ORDER BY name")
-            return [_template(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(_template, "SELECT * FROM templates ORDER BY name")
 
     async def list_template_versions(self, template_id: str) -> list[TemplateVersion]:
-        async def q(tx: Tx) -> list[TemplateVersion]:
-            rows = await tx.fetchall(
-                "SELECT id, template_id, name, created_by, archive_size, archive_sha256,"
-                " created_at, tags FROM template_versions WHERE template_id = ?"
-                " ORDER BY created_at",
-                template_id,
-            )
-            return [_version(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(
+            _version,
+            "SELECT id, template_id, name, created_by, archive_size, archive_sha256,"
+            " created_at, tags FROM template_versions WHERE template_id = ?"
+            " ORDER BY created_at",
+            template_id,
+        )
 
     async def get_template_version(self, version_id: str) -> TemplateVersion | None:
-        async def q(tx: Tx) -> TemplateVersion | None:
-            row = await tx.fetchone(
-                "SELECT id, template_id, name, created_by, archive_size, archive_sha256,"
-                " created_at, tags FROM template_versions WHERE id = ?",
-                version_id,
-            )
-            return _version(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            _version,
+            "SELECT id, template_id, name, created_by, archive_size, archive_sha256,"
+            " created_at, tags FROM template_versions WHERE id = ?",
+            version_id,
+        )
 
     async def get_template_archive(self, version_id: str) -> bytes | None:
-        async def q(tx: Tx) -> bytes | None:
-            row = await tx.fetchone(
-                "SELECT archive FROM template_versions WHERE id = ?", version_id
-            )
-            return bytes(row["archive"]) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            lambda r: bytes(r["archive"]),
+            "SELECT archive FROM template_versions WHERE id = ?",
+            version_id,
+        )
 
     # -- workspaces and builds -------------------------------------------
 
@@ -500,22 +487,15 @@ class SqlStore(Store):
         return await self._tx(q, write=True)
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
-        async def q(tx: Tx) -> Workspace | None:
-            row = await tx.fetchone("SELECT * FROM workspaces WHERE id = ?", workspace_id)
-            return _workspace(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_workspace, "SELECT * FROM workspaces WHERE id = ?", workspace_id)
 
     async def get_workspace_by_name(self, owner_id: str, name: str) -> Workspace | None:
-        async def q(tx: Tx) -> Workspace | None:
-            row = await tx.fetchone(
-                "SELECT * FROM workspaces WHERE owner_id = ? AND name = ? AND deleted = 0",
-                owner_id,
-                name,
-            )
-            return _workspace(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            _workspace,
+            "SELECT * FROM workspaces WHERE owner_id = ? AND name = ? AND deleted = 0",
+            owner_id,
+            name,
+        )
 
     async def list_workspaces(self, owner_id: str | None) -> list[Workspace]:
         async def q(tx: Tx) -> list[Workspace]:
@@ -577,10 +557,7 @@ class SqlStore(Store):
         return await self._tx(q)
 
     async def mark_workspace_deleted(self, workspace_id: str) -> None:
-        async def q(tx: Tx) -> None:
-            await tx.execute("UPDATE workspaces SET deleted = 1 WHERE id = ?", workspace_id)
-
-        await self._tx(q, write=True)
+        await self._exec("UPDATE workspaces SET deleted = 1 WHERE id = ?", workspace_id)
 
     async def create_build(
         self,
@@ -646,48 +623,32 @@ class SqlStore(Store):
         return await self._tx(q, write=True)
 
     async def get_build(self, build_id: str) -> Build | None:
-        async def q(tx: Tx) -> Build | None:
-            row = await tx.fetchone("SELECT * FROM workspace_builds WHERE id = ?", build_id)
-            return _build(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_build, "SELECT * FROM workspace_builds WHERE id = ?", build_id)
 
     async def get_build_by_job(self, job_id: str) -> Build | None:
-        async def q(tx: Tx) -> Build | None:
-            row = await tx.fetchone("SELECT * FROM workspace_builds WHERE job_id = ?", job_id)
-            return _build(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_build, "SELECT * FROM workspace_builds WHERE job_id = ?", job_id)
 
     async def list_builds(self, workspace_id: str) -> list[Build]:
-        async def q(tx: Tx) -> list[Build]:
-            rows = await tx.fetchall(
-                "SELECT * FROM workspace_builds WHERE workspace_id = ? ORDER BY build_number",
-                workspace_id,
-            )
-            return [_build(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(
+            _build,
+            "SELECT * FROM workspace_builds WHERE workspace_id = ? ORDER BY build_number",
+            workspace_id,
+        )
 
     async def latest_build(self, workspace_id: str) -> Build | None:
-        async def q(tx: Tx) -> Build | None:
-            row = await tx.fetchone(
-                "SELECT * FROM workspace_builds WHERE workspace_id = ?"
-                " ORDER BY build_number DESC LIMIT 1",
-                workspace_id,
-            )
-            return _build(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            _build,
+            "SELECT * FROM workspace_builds WHERE workspace_id = ?"
+            " ORDER BY build_number DESC LIMIT 1",
+            workspace_id,
+        )
 
     async def get_build_agent_token_hash(self, build_id: str) -> str | None:
-        async def q(tx: Tx) -> str | None:
-            row = await tx.fetchone(
-                "SELECT agent_token_hash FROM workspace_builds WHERE id = ?", build_id
-            )
-            return str(row["agent_token_hash"]) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            lambda r: str(r["agent_token_hash"]),
+            "SELECT agent_token_hash FROM workspace_builds WHERE id = ?",
+            build_id,
+        )
 
     async def record_build_outputs(
         self, build_id: str, resources: list[Resource], agents: list[Agent]
@@ -728,41 +689,27 @@ class SqlStore(Store):
         await self._tx(q, write=True)
 
     async def list_resources(self, build_id: str) -> list[Resource]:
-        async def q(tx: Tx) -> list[Resource]:
-            rows = await tx.fetchall(
-                "SELECT * FROM workspace_resources WHERE build_id = ? ORDER BY type, name",
-                build_id,
-            )
-            return [_resource(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(
+            _resource,
+            "SELECT * FROM workspace_resources WHERE build_id = ? ORDER BY type, name",
+            build_id,
+        )
 
     async def list_agents(self, build_id: str) -> list[Agent]:
-        async def q(tx: Tx) -> list[Agent]:
-            rows = await tx.fetchall(
-                "SELECT * FROM workspace_agents WHERE build_id = ? ORDER BY name", build_id
-            )
-            return [_agent(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(
+            _agent, "SELECT * FROM workspace_agents WHERE build_id = ? ORDER BY name", build_id
+        )
 
     async def get_agent_by_token_hash(self, token_hash: str) -> Agent | None:
-        async def q(tx: Tx) -> Agent | None:
-            row = await tx.fetchone(
-                "SELECT * FROM workspace_agents WHERE token_hash = ?"
-                " ORDER BY created_at DESC LIMIT 1",
-                token_hash,
-            )
-            return _agent(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            _agent,
+            "SELECT * FROM workspace_agents WHERE token_hash = ?"
+            " ORDER BY created_at DESC LIMIT 1",
+            token_hash,
+        )
 
     async def get_agent(self, agent_id: str) -> Agent | None:
-        async def q(tx: Tx) -> Agent | None:
-            row = await tx.fetchone("SELECT * FROM workspace_agents WHERE id = ?", agent_id)
-            return _agent(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_agent, "SELECT * FROM workspace_agents WHERE id = ?", agent_id)
 
     async def update_agent_report(
         self,
@@ -845,30 +792,21 @@ class SqlStore(Store):
     async def get_agent_logs(
         self, agent_id: str, after_id: int = 0, limit: int = 1000
     ) -> list[AgentLogLine]:
-        async def q(tx: Tx) -> list[AgentLogLine]:
-            rows = await tx.fetchall(
-                "SELECT * FROM workspace_agent_logs WHERE agent_id = ? AND id > ?"
-                " ORDER BY id LIMIT ?",
-                agent_id,
-                after_id,
-                limit,
-            )
-            return [
-                AgentLogLine(output=r["output"], source=r["source"],
-                             created_at=r["created_at"], id=int(r["id"]))
-                for r in rows
-            ]
-
-        return await self._tx(q)
+        return await self._all(
+            _agent_log,
+            "SELECT * FROM workspace_agent_logs WHERE agent_id = ? AND id > ?"
+            " ORDER BY id LIMIT ?",
+            agent_id,
+            after_id,
+            limit,
+        )
 
     async def get_workspace_state(self, workspace_id: str) -> bytes | None:
-        async def q(tx: Tx) -> bytes | None:
-            row = await tx.fetchone(
-                "SELECT state FROM workspace_terraform_state WHERE workspace_id = ?", workspace_id
-            )
-            return bytes(row["state"]) if row else None
-
-        return await self._tx(q)
+        return await self._one(
+            lambda r: bytes(r["state"]),
+            "SELECT state FROM workspace_terraform_state WHERE workspace_id = ?",
+            workspace_id,
+        )
 
     async def put_workspace_state(self, workspace_id: str, state: bytes) -> None:
         now = time.time()
@@ -1075,22 +1013,15 @@ class SqlStore(Store):
         return await self._tx(q, write=True)
 
     async def get_job(self, job_id: str) -> Job | None:
-        async def q(tx: Tx) -> Job | None:
-            row = await tx.fetchone("SELECT * FROM provisioner_jobs WHERE id = ?", job_id)
-            return _job(row) if row else None
-
-        return await self._tx(q)
+        return await self._one(_job, "SELECT * FROM provisioner_jobs WHERE id = ?", job_id)
 
     async def get_job_logs(self, job_id: str, after_id: int = 0) -> list[LogLine]:
-        async def q(tx: Tx) -> list[LogLine]:
-            rows = await tx.fetchall(
-                "SELECT * FROM provisioner_job_logs WHERE job_id = ? AND id > ? ORDER BY id",
-                job_id,
-                after_id,
-            )
-            return [_log(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(
+            _log,
+            "SELECT * FROM provisioner_job_logs WHERE job_id = ? AND id > ? ORDER BY id",
+            job_id,
+            after_id,
+        )
 
     async def count_jobs_by_status(self) -> dict[str, int]:
         async def q(tx: Tx) -> dict[str, int]:
@@ -1142,11 +1073,7 @@ class SqlStore(Store):
         return await self._tx(q, write=True)
 
     async def list_daemons(self) -> list[Daemon]:
-        async def q(tx: Tx) -> list[Daemon]:
-            rows = await tx.fetchall("SELECT * FROM provisioner_daemons ORDER BY name")
-            return [_daemon(r) for r in rows]
-
-        return await self._tx(q)
+        return await self._all(_daemon, "SELECT * FROM provisioner_daemons ORDER BY name")
 
 
 async def _insert_user(tx: Tx, user: User) -> None:
