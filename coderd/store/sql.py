@@ -3,8 +3,8 @@
 Each public method is one transaction: a nested ``async def q(tx)`` that runs
 on the database's asyncio thread (see ``aiobridge.py``) and is handed over
 with :meth:`SqlStore._tx`; the methods that are a single statement go through
-``_one``/``_all``/``_exec``, which build that ``q`` for them.  Dialect differences are kept to three spots:
-placeholders (the Postgres adapter rewrites ``?``), row locks
+``_one``/``_all``/``_exec``, which build that ``q`` for them.  Dialect
+differences are kept to three spots: placeholders (the Postgres adapter rewrites ``?``), row locks
 (``FOR UPDATE [SKIP LOCKED]`` on Postgres; SQLite's ``BEGIN IMMEDIATE``
 write transactions serialise instead), and the first-user advisory lock.
 
