@@ -13,6 +13,7 @@ from derp.conn import DerpConn
 from derp.errors import DerpConnectionClosed
 from derp.keys import generate_private_key
 from derp.server import DerpServer
+from tests.derp.derp_events import next_of, next_packet
 
 MESH = bytes(range(100, 132))
 
@@ -109,22 +110,6 @@ async def wait_until(cond: Callable[[], bool], seconds: float = 5) -> None:
     with trio.fail_after(seconds):
         while not cond():
             await trio.sleep(0.01)
-
-
-async def next_packet(conn: DerpConn) -> f.RecvPacket:
-    for _ in range(100):
-        ev = await conn.receive()
-        if isinstance(ev, f.RecvPacket):
-            return ev
-    raise AssertionError("no packet in 100 events")
-
-
-async def next_of(conn: DerpConn, kind: type[object]) -> object:
-    for _ in range(100):
-        ev = await conn.receive()
-        if isinstance(ev, kind):
-            return ev
-    raise AssertionError(f"no {kind.__name__} in 100 events")
 
 
 async def meshed_pair(nursery: trio.Nursery) -> tuple[Node, Node]:

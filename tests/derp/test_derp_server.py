@@ -21,6 +21,7 @@ from derp.conn import DerpConn
 from derp.errors import DerpConnectionClosed
 from derp.keys import generate_private_key, public_key
 from derp.server import DerpServer
+from tests.derp.derp_events import next_of, next_packet
 
 
 @asynccontextmanager
@@ -42,22 +43,6 @@ async def tcp_server(**kwargs: object) -> AsyncIterator[tuple[DerpServer, int]]:
 async def connect(port: int, key: bytes | None = None, **kwargs: object) -> DerpConn:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     return await DerpConn.handshake(stream, key or generate_private_key(), **kwargs)  # type: ignore[arg-type]
-
-
-async def next_packet(conn: DerpConn) -> f.RecvPacket:
-    for _ in range(100):
-        ev = await conn.receive()
-        if isinstance(ev, f.RecvPacket):
-            return ev
-    raise AssertionError("no packet in 100 events")
-
-
-async def next_of(conn: DerpConn, kind: type[object]) -> object:
-    for _ in range(100):
-        ev = await conn.receive()
-        if isinstance(ev, kind):
-            return ev
-    raise AssertionError(f"no {kind.__name__} in 100 events")
 
 
 async def test_three_clients_exchange_packets() -> None:
