@@ -55,12 +55,15 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
 
 DUMMY_AGENT = """#!/bin/sh
-# Dummy agent for bench control: called as `$0 agent --url U --token T`; records T.
+# Dummy agent for bench control: records the agent token it is given
+# (BURROW_AGENT_TOKEN in its environment, or `--token T`), then exits.
+token="${BURROW_AGENT_TOKEN:-}"
 while [ $# -gt 0 ]; do
-  if [ "$1" = "--token" ]; then printf %s "$2" > "$(dirname "$0")/agent-token.$$"; \
-mv "$(dirname "$0")/agent-token.$$" "$(dirname "$0")/agent-token"; fi
+  if [ "$1" = "--token" ]; then token="$2"; fi
   shift
 done
+dir=$(dirname "$0")
+printf %s "$token" > "$dir/agent-token.$$" && mv "$dir/agent-token.$$" "$dir/agent-token"
 """
 
 
@@ -367,7 +370,14 @@ async def builds(url: str, token: str, count: int, binary: Path, data_dir: Path)
             out.failures.append(f"build {i} ended {b['status']}: {b.get('error')}\n{tail}")
             sys.stderr.write(f"bench control: {out.failures[-1]}\n")
             continue
-        out.agent_token = token_file.read_text().strip() if token_file.exists() else ""
+        # The template starts the agent in the background: its token lands shortly after.
+        with trio.move_on_after(10):
+            while True:
+                seen = token_file.read_text().strip() if token_file.exists() else ""
+                if seen and seen != out.agent_token:
+                    out.agent_token = seen
+                    break
+                await trio.sleep(0.01)
         created = float(b["created_at"])
         started = float(b.get("started_at") or 0)
         completed = float(b.get("completed_at") or 0)
