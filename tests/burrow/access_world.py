@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from burrow.access import speedtest
 from burrow.access.coordination import parse_relay_map
 from derp.client import DerpClient
 from derp.keys import generate_private_key
+from tests.burrow.server_proc import wait_listening
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
 from tunnel.stream import TunnelStream
@@ -96,24 +95,7 @@ def _start_server(tmp: Path, env: dict[str, str], listen: str = "127.0.0.1:0") -
          "--data-dir", str(tmp / "data"), "--provisioner-daemons", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=deadline - time.monotonic()):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "listening on " in line:
-                return World(proc, line.strip().rsplit(" ", 1)[1], env, tmp)
-    finally:
-        sel.close()
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
-    raise RuntimeError(f"burrow server did not start: {err[-2000:]}")
+    return World(proc, wait_listening(proc), env, tmp)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

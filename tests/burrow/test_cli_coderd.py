@@ -5,17 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.burrow.server_proc import wait_listening
 from tests.coderd.pgserver import PgServer, run_pg_server
 
 TF = 'variable "burrow_workspace_transition" {\n  type = string\n}\n'
@@ -42,24 +41,10 @@ def start_server(tmp: Path, *extra: str) -> Server:
          "--data-dir", str(tmp / "data"), "--provisioner-daemons", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 30
     try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=deadline - time.monotonic()):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "listening on " in line:
-                return Server(proc, line.strip().rsplit(" ", 1)[1], env)
-    finally:
-        sel.close()
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
-    pytest.fail(f"burrow server did not start: {err[-2000:]}")
+        return Server(proc, wait_listening(proc), env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def stop_server(server: Server) -> str:
