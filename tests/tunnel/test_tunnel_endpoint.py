@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from tunnel.connection import Config
-from tunnel.endpoint import Endpoint
+from tunnel.endpoint import Endpoint, Handler
 from tunnel.handshake import generate_private_key
 from tunnel.mempath import MemoryNetwork
 from tunnel.stream import TunnelStream
@@ -46,6 +46,19 @@ async def echo_server(ep: Endpoint) -> None:
     await ep.serve(handler)
 
 
+def hashing_sink(results: dict[str, str]) -> Handler:
+    """A serve() handler that reads each stream to its end and records its SHA-256 by service."""
+
+    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
+        h = hashlib.sha256()
+        while data := await stream.receive_some():
+            h.update(data)
+        results[service] = h.hexdigest()
+        await stream.aclose()
+
+    return sink
+
+
 async def test_open_echo_close() -> None:
     net = MemoryNetwork()
     async with pair(net) as (a, b), trio.open_nursery() as nursery:
@@ -72,12 +85,7 @@ async def test_lossy_streams_arrive_intact(
     payloads = [rng.randbytes(1 << 20) for _ in range(3)]
     received: dict[str, str] = {}
 
-    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
-        h = hashlib.sha256()
-        while data := await stream.receive_some():
-            h.update(data)
-        received[service] = h.hexdigest()
-        await stream.aclose()
+    sink = hashing_sink(received)
 
     async def source(ep: Endpoint, peer: bytes, i: int) -> None:
         s = await ep.open_stream(peer, f"tcp:{i}")
@@ -230,12 +238,7 @@ async def test_rekeys_during_a_transfer() -> None:
     blob = random.Random(9).randbytes(4 << 20)
     results: dict[str, str] = {}
 
-    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
-        h = hashlib.sha256()
-        while data := await stream.receive_some():
-            h.update(data)
-        results[service] = h.hexdigest()
-        await stream.aclose()
+    sink = hashing_sink(results)
 
     limits = Limits(rekey_after_messages=40)
     async with pair(net, Config(max_packet=16384), limits=limits) as (a, b):
@@ -303,12 +306,7 @@ async def test_peer_moves_to_another_relay_mid_transfer() -> None:
     blob = random.Random(8).randbytes(8 << 20)
     results: dict[str, str] = {}
 
-    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
-        h = hashlib.sha256()
-        while data := await stream.receive_some():
-            h.update(data)
-        results[service] = h.hexdigest()
-        await stream.aclose()
+    sink = hashing_sink(results)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
@@ -359,12 +357,7 @@ async def test_path_reset_storm_on_a_lossy_relay(autojump_clock: trio.testing.Mo
     blob = random.Random(10).randbytes(2 << 20)
     results: dict[str, str] = {}
 
-    async def sink(peer: bytes, service: str, stream: TunnelStream) -> None:
-        h = hashlib.sha256()
-        while data := await stream.receive_some():
-            h.update(data)
-        results[service] = h.hexdigest()
-        await stream.aclose()
+    sink = hashing_sink(results)
 
     async with pair(net, Config(max_packet=8192)) as (a, b), trio.open_nursery() as nursery:
         nursery.start_soon(b.serve, sink)
