@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,36 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+async def wait_gone(pid: int) -> None:
+    with trio.fail_after(10):
+        while pid_alive(pid):
+            await trio.sleep(0.05)
+
+
+def on_ready() -> tuple[trio.Event, list[str], Callable[[str, str], None]]:
+    """An event set when the command logs ``ready-2``, the lines logged, and the on_log."""
+    ready = trio.Event()
+    logs: list[str] = []
+
+    def on_log(_s: str, line: str) -> None:
+        logs.append(line)
+        if "ready-2" in line:
+            ready.set()
+
+    return ready, logs, on_log
+
+
+def kill_leftover(pid_file: Path, pid: int | None, *, group: bool) -> None:
+    """Kill the test's sleeper (its whole process group if ``group``) if it outlived the test."""
+    if pid is None and pid_file.exists():
+        pid = int(pid_file.read_text())
+    if pid is not None and pid_alive(pid):
+        if group:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("trap_int", [False, True])
 async def test_cancel_interrupts_then_kills(tmp_path: Path, trap_int: bool) -> None:
     pid_file = tmp_path / "sleep.pid"
@@ -254,13 +285,7 @@ async def test_cancel_interrupts_then_kills(tmp_path: Path, trap_int: bool) -> N
             "  }\n}\n"
         },
     )
-    cancel = trio.Event()
-    logs: list[str] = []
-
-    def on_log(_s: str, line: str) -> None:
-        logs.append(line)
-        if "ready-2" in line:
-            cancel.set()
+    cancel, logs, on_log = on_ready()
 
     sleeper: int | None = None
     try:
@@ -271,14 +296,9 @@ async def test_cancel_interrupts_then_kills(tmp_path: Path, trap_int: bool) -> N
         sleeper = int(pid_file.read_text())
         assert any("interrupting terraform" in x for x in logs)
         # The shell running the command is gone (killed with terraform's group).
-        with trio.fail_after(10):
-            while pid_alive(sleeper):
-                await trio.sleep(0.05)
+        await wait_gone(sleeper)
     finally:
-        if sleeper is None and pid_file.exists():
-            sleeper = int(pid_file.read_text())
-        if sleeper is not None and pid_alive(sleeper):
-            os.killpg(os.getpgid(sleeper), signal.SIGKILL)
+        kill_leftover(pid_file, sleeper, group=True)
 
 
 async def test_trio_cancellation_kills_terraform(tmp_path: Path) -> None:
@@ -291,11 +311,7 @@ async def test_trio_cancellation_kills_terraform(tmp_path: Path) -> None:
             "  }\n}\n"
         },
     )
-    started = trio.Event()
-
-    def on_log(_s: str, line: str) -> None:
-        if "ready-2" in line:
-            started.set()
+    started, _, on_log = on_ready()
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -307,9 +323,7 @@ async def test_trio_cancellation_kills_terraform(tmp_path: Path) -> None:
             await started.wait()
             nursery.cancel_scope.cancel()
     pid = int(pid_file.read_text())
-    with trio.fail_after(10):
-        while pid_alive(pid):
-            await trio.sleep(0.05)
+    await wait_gone(pid)
 
 
 async def test_cancel_kills_terraform_that_ignores_sigint(tmp_path: Path) -> None:
@@ -323,13 +337,7 @@ async def test_cancel_kills_terraform_that_ignores_sigint(tmp_path: Path) -> Non
     )
     fake.chmod(0o755)
     tpl = tar_of(tmp_path, {"main.tf": ECHO_TF})
-    cancel = trio.Event()
-    logs: list[str] = []
-
-    def on_log(_s: str, line: str) -> None:
-        logs.append(line)
-        if "ready-2" in line:
-            cancel.set()
+    cancel, logs, on_log = on_ready()
 
     sleeper: int | None = None
     try:
@@ -344,11 +352,6 @@ async def test_cancel_kills_terraform_that_ignores_sigint(tmp_path: Path) -> Non
             )
         sleeper = int(pid_file.read_text())
         assert any("killing it" in x for x in logs)
-        with trio.fail_after(10):
-            while pid_alive(sleeper):
-                await trio.sleep(0.05)
+        await wait_gone(sleeper)
     finally:
-        if sleeper is None and pid_file.exists():
-            sleeper = int(pid_file.read_text())
-        if sleeper is not None and pid_alive(sleeper):
-            os.kill(sleeper, signal.SIGKILL)
+        kill_leftover(pid_file, sleeper, group=False)
