@@ -11,7 +11,7 @@ from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
 from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.deps import Coderd
-from coderd.store.base import AgentLogLine, Role
+from coderd.store.base import Agent, AgentLogLine, Role, Workspace
 from relay.http import Response
 
 
@@ -160,13 +160,25 @@ async def post_logs(call: Call) -> Response:
     return Response.json(200, {"stored": stored, "dropped": len(lines) - stored})
 
 
-async def get_logs(call: Call) -> Response:
+async def visible_agent(call: Call) -> tuple[Agent, Workspace]:
+    """The agent named by the ``agent`` path parameter, and its workspace.
+
+    Raises:
+        ApiError: 404 when either is missing, or the caller neither owns the
+            workspace nor has the owner role.
+    """
     store = call.cd.store
     agent = await store.get_agent(call.params["agent"])
     ws = await store.get_workspace(agent.workspace_id) if agent else None
     user = call.user
     if agent is None or ws is None or (ws.owner_id != user.id and not has_role(user, Role.OWNER)):
         raise ApiError(404, "no such agent")
+    return agent, ws
+
+
+async def get_logs(call: Call) -> Response:
+    store = call.cd.store
+    agent, _ = await visible_agent(call)
     try:
         after = int(call.query("after", "0"))
     except ValueError:

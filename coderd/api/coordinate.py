@@ -10,10 +10,9 @@ from typing import Any
 import trio
 import trio_websocket
 
-from coderd.api.agents import relay_map
+from coderd.api.agents import relay_map, visible_agent
 from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
 from coderd.api.schema import ApiError
-from coderd.auth import has_role
 from coderd.coordinator import (
     MAX_MESSAGE,
     REANNOUNCE,
@@ -22,7 +21,6 @@ from coderd.coordinator import (
     channel,
     parse_peer_message,
 )
-from coderd.store.base import Role
 from relay.http import Response
 
 log = logging.getLogger("burrow.coderd.coordinator")
@@ -128,11 +126,7 @@ async def agent_coordinate(call: Call) -> Response | None:
 
 async def client_coordinate(call: Call) -> Response | None:
     store = call.cd.store
-    agent = await store.get_agent(call.params["agent"])
-    ws = await store.get_workspace(agent.workspace_id) if agent else None
-    user = call.user
-    if agent is None or ws is None or (ws.owner_id != user.id and not has_role(user, Role.OWNER)):
-        raise ApiError(404, "no such agent")
+    agent, ws = await visible_agent(call)
     latest = await store.latest_build(ws.id)
     if ws.deleted or latest is None or latest.id != agent.build_id:
         raise ApiError(410, "that agent is gone: the workspace was rebuilt or stopped")
