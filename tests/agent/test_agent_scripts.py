@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agent.lifecycle import Lifecycle, State, shutdown_outcome, startup_outcome
 from agent.scripts import LineSplitter, LogLine, OutputLimits, ScriptResult, run_script
+from tests.agent.agent_procs import alive
 
 # ---------------------------------------------------------------- LineSplitter
 
@@ -76,15 +77,6 @@ def test_splitter_rejects_bad_limits() -> None:
 
 
 # ---------------------------------------------------------------- run_script
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie awaiting its reaper counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 class Collector:

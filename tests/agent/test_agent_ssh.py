@@ -27,6 +27,7 @@ import trio
 import trio_asyncio
 
 from agent.ssh_adapter import HostKeyError, SSHServer, asyncio_loop, load_or_create_host_key
+from tests.agent.agent_procs import alive
 
 SSH = shutil.which("ssh")
 SCP = shutil.which("scp")
@@ -83,15 +84,6 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
         yield Server(ssh, listeners[0].socket.getsockname()[1], workdir)
         nursery.cancel_scope.cancel()
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie awaiting its reaper counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def free_port() -> int:
