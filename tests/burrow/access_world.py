@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from burrow.access import speedtest
 from burrow.access.coordination import parse_relay_map
 from derp.client import DerpClient
 from derp.keys import generate_private_key
-from tests.burrow.server_proc import wait_listening
+from tests.burrow.server_proc import cli_env, wait_listening
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
 from tunnel.stream import TunnelStream
@@ -113,9 +112,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 @contextlib.contextmanager
 def running_world(tmp: Path, listen: str = "127.0.0.1:0") -> Iterator[World]:
     """Server + logged-in CLI + workspace ``dev`` whose build succeeded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
-    env["HOME"] = str(tmp / "home")
+    env = cli_env(tmp)
     (tmp / "home").mkdir(parents=True)
     world = _start_server(tmp, env, listen)
     try:

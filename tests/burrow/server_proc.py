@@ -1,4 +1,5 @@
-"""Waiting for a ``burrow server`` subprocess to say where it listens (not a test module).
+"""A ``burrow`` subprocess's environment, and waiting for ``burrow server`` to say
+where it listens (not a test module).
 
 The server prints ``burrow server listening on <URL>`` on stdout once it
 accepts connections; the tests that start one read stdout up to that line,
@@ -7,9 +8,21 @@ bounded in time, and on failure kill the process and report its stderr.
 
 from __future__ import annotations
 
+import os
 import selectors
 import subprocess
 import time
+from pathlib import Path
+
+
+def cli_env(tmp: Path, home: Path | None = None) -> dict[str, str]:
+    """This process's environment without its ``BURROW_*`` variables, with the
+    CLI's config in ``tmp/config`` and ``HOME`` at ``home`` (default ``tmp/home``,
+    not created here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
+    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
+    env["HOME"] = str(tmp / "home" if home is None else home)
+    return env
 
 
 def wait_listening(proc: subprocess.Popen[str], timeout: float = 30) -> str:

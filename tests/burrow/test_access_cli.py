@@ -3,7 +3,6 @@ netcheck's probes against a live and a dead region."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,12 +14,11 @@ import trio
 
 from burrow.access.coordination import Region
 from burrow.access.netcheck import home, measure_all
+from tests.burrow.server_proc import cli_env
 
 
 def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
-    env["HOME"] = str(tmp)
+    env = cli_env(tmp, home=tmp)
     return subprocess.run([sys.executable, "-m", "burrow.cli", *args], capture_output=True,
                           text=True, timeout=30, env=env, check=False,
                           stdin=subprocess.DEVNULL)

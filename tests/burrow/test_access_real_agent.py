@@ -26,6 +26,7 @@ import pytest
 
 from burrow.cli import COMMANDS
 from tests.burrow.access_world import World, _start_server, _stop
+from tests.burrow.server_proc import cli_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,9 +39,7 @@ pytestmark = [
 
 @contextlib.contextmanager
 def local_workspace(tmp: Path) -> Iterator[World]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
-    env["HOME"] = str(tmp / "home")
+    env = cli_env(tmp)
     (tmp / "home").mkdir(parents=True)
     world = _start_server(tmp, env)
     try:

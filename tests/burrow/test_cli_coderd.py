@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.burrow.server_proc import wait_listening
+from tests.burrow.server_proc import cli_env, wait_listening
 from tests.coderd.pgserver import PgServer, run_pg_server
 
 TF = 'variable "burrow_workspace_transition" {\n  type = string\n}\n'
@@ -27,15 +27,8 @@ class Server:
     env: dict[str, str]
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
-    env["HOME"] = str(tmp / "home")
-    return env
-
-
 def start_server(tmp: Path, *extra: str) -> Server:
-    env = _env(tmp)
+    env = cli_env(tmp)
     proc = subprocess.Popen(
         [sys.executable, "-m", "burrow.cli", "server", "--listen", "127.0.0.1:0",
          "--data-dir", str(tmp / "data"), "--provisioner-daemons", "0", *extra],
@@ -159,7 +152,7 @@ def test_cli_flow_against_a_real_server(server: Server, tmp_path: Path) -> None:
 
 
 def test_cli_usage_and_connection_errors(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     fake = Server(None, "http://127.0.0.1:9", env)  # type: ignore[arg-type]
     err = one_line_error(cli(fake, "login", "http://127.0.0.1:9", "--username", "a",
                              "--password", "b"))
@@ -188,7 +181,7 @@ def test_server_yaml_config_env_and_ctrl_c(tmp_path: Path) -> None:
     cfg = tmp_path / "server.yaml"
     cfg.write_text("listen: 127.0.0.1:1\nlog-format: json\nprovisioner_daemons: 0\n"
                    "provisioner-tags: {zone: eu}\n")
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     env["BURROW_LISTEN"] = "127.0.0.1:0"  # the environment beats the file
     proc = subprocess.Popen(
         [sys.executable, "-m", "burrow.cli", "server", "--config", str(cfg),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.burrow.server_proc import cli_env
 from tests.e2e.e2e_site import SCRIPTED, Site, kill_agents, start_server, stop
 
 pytestmark = [
@@ -29,9 +30,7 @@ pytestmark = [
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-    env["BURROW_CONFIG_DIR"] = str(tmp_path / "config")
-    env["HOME"] = str(tmp_path / "home")
+    env = cli_env(tmp_path)
     (tmp_path / "home").mkdir()
     proc, url = start_server(tmp_path, env)
     s = Site(proc, url, env, tmp_path, tmp_path / "home" / ".ssh" / "config")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.burrow.server_proc import cli_env
 from tests.e2e.e2e_site import (
     REPO,
     SCRIPTED,
@@ -45,9 +46,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("e2e")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-    env["BURROW_CONFIG_DIR"] = str(tmp / "config")
-    env["HOME"] = str(tmp / "home")
+    env = cli_env(tmp)
     (tmp / "home").mkdir()
     proc, url = start_server(tmp, env)
     s = Site(proc, url, env, tmp, tmp / "home" / ".ssh" / "config")
