@@ -263,6 +263,10 @@ class _Lines:
                 del self.tail[:-40]
 
 
+# How long to keep reading terraform's pipes after it exited (see Runner.__call__).
+DRAIN_TIMEOUT = 5.0
+
+
 async def _pump(stream: trio.abc.ReceiveStream, lines: _Lines) -> None:
     async with stream:
         while data := await stream.receive_some(65536):
@@ -336,8 +340,19 @@ class Runner:
             async with trio.open_nursery() as nursery:
                 assert proc.stdout is not None
                 assert proc.stderr is not None
-                nursery.start_soon(_pump, proc.stdout, out_lines)
-                nursery.start_soon(_pump, proc.stderr, err_lines)
+                drained = trio.Event()
+                open_pipes = [2]
+
+                async def pump(stream: trio.abc.ReceiveStream, lines: _Lines) -> None:
+                    try:
+                        await _pump(stream, lines)
+                    finally:
+                        open_pipes[0] -= 1
+                        if not open_pipes[0]:
+                            drained.set()
+
+                nursery.start_soon(pump, proc.stdout, out_lines)
+                nursery.start_soon(pump, proc.stderr, err_lines)
 
                 async def watch_cancel() -> None:
                     nonlocal interrupted
@@ -356,6 +371,11 @@ class Runner:
 
                 nursery.start_soon(watch_cancel)
                 await proc.wait()
+                # Terraform has exited, but its last output (all of `show -json`, say) may
+                # still sit in the pipes: read them to the end. A background child that
+                # inherited a pipe could hold it open forever, hence the bound.
+                with trio.move_on_after(DRAIN_TIMEOUT):
+                    await drained.wait()
                 nursery.cancel_scope.cancel()
         finally:
             if proc.returncode is None or interrupted:
