@@ -23,7 +23,7 @@ option of :func:`asyncssh.run_server` (an object with ``create_connection``),
 so asyncssh's own connection code does the rest.  The alternative, a
 socketpair bridge (two trio copy loops into asyncssh's socket transport),
 costs a kernel round trip and two copies per chunk; ``python -m
-agent.bench_ssh`` measures both against asyncssh's plain socket transport and
+bench ssh`` measures both against asyncssh's plain socket transport and
 sshd.  On the shared 2-core test machine the three asyncssh paths were within
 run-to-run noise of each other, so the bridge-free design was kept.
 
