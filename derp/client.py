@@ -8,11 +8,16 @@ relay, then serve the connection with two tasks until it breaks:
 - the reader turns frames into ``ClientEvent``s on a bounded memory channel.
   A consumer that does not keep up makes the reader wait, which pushes back
   through TCP onto the relay (whose own queue then drops, counted there).
+  With ``set_packet_handler`` packets skip the channel: the reader calls the
+  handler (the tunnel endpoint) directly, one task switch less per packet.
   120 s without any frame (the relay sends KeepAlives every ~60 s) counts as
   a dead connection.
 - the writer takes every packet queued by ``send()`` since its last write
   and writes them with one ``send_packets`` call: under load, sends
   coalesce into large writes, which is what relayed throughput depends on.
+  When nothing is queued and no write is in progress, ``send()`` writes the
+  packet itself (``DerpConn.write_now``: one syscall, never blocking) and
+  queues only an unwritten tail, which the writer sends first.
 
 ``send()`` never blocks forever: while disconnected it drops the packet and
 counts it; while connected it waits only while more than ``max_pending_bytes``

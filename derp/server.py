@@ -13,6 +13,11 @@ then runs two tasks in a nursery:
   full destination queue drops its oldest packet (counted ``queue_full``).
   With ``rate_limit`` it sleeps after reading to pay a token bucket, which
   pushes back on the sender through TCP (mesh peers are exempt).
+* on plain TCP, the reader itself writes what one received chunk queued for
+  a destination whose writer is idle, at once and without blocking (one
+  ``os.write``; ``_write_now``): no writer wake-up on the latency path.
+  Whatever the socket does not take (or an error) stays queued for the
+  writer, so timeouts, bounds and drop counts are the writer's as before.
 * the writer sleeps until something is queued, then takes everything queued
   (control frames first, packets up to ``_BATCH_BYTES``), joins it into one
   buffer and makes one ``send_all``: write batching.  A write that does not
