@@ -17,6 +17,7 @@ daemon won and the next candidate is tried.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -67,156 +68,39 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def _user(r: Row) -> User:
-    return User(
-        id=r["id"],
-        username=r["username"],
-        email=r["email"],
-        hashed_password=r["hashed_password"],
-        roles=tuple(json.loads(r["roles"])),
-        created_at=r["created_at"],
-    )
+def _row_reader(cls: type[T], **conv: Callable[[Any], Any]) -> Callable[[Row], T]:
+    """A converter of rows to ``cls``: each dataclass field is the column of
+    its name, passed through ``conv[name]`` where one is given."""
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def read(r: Row) -> T:
+        return cls(**{n: conv[n](r[n]) if n in conv else r[n] for n in names})
+
+    return read
 
 
-def _key(r: Row) -> ApiKey:
-    return ApiKey(
-        id=r["id"],
-        user_id=r["user_id"],
-        hashed_secret=r["hashed_secret"],
-        kind=r["kind"],
-        name=r["name"],
-        created_at=r["created_at"],
-        expires_at=r["expires_at"],
-    )
+def _json_tuple(text: str) -> tuple[Any, ...]:
+    return tuple(json.loads(text))
 
 
-def _template(r: Row) -> Template:
-    return Template(
-        id=r["id"],
-        name=r["name"],
-        description=r["description"],
-        created_by=r["created_by"],
-        active_version_id=r["active_version_id"],
-        created_at=r["created_at"],
-    )
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
-def _version(r: Row) -> TemplateVersion:
-    return TemplateVersion(
-        id=r["id"],
-        template_id=r["template_id"],
-        name=r["name"],
-        created_by=r["created_by"],
-        archive_size=r["archive_size"],
-        archive_sha256=r["archive_sha256"],
-        created_at=r["created_at"],
-        tags=json.loads(r["tags"]),
-    )
-
-
-def _workspace(r: Row) -> Workspace:
-    return Workspace(
-        id=r["id"],
-        name=r["name"],
-        owner_id=r["owner_id"],
-        template_id=r["template_id"],
-        created_at=r["created_at"],
-        deleted=bool(r["deleted"]),
-    )
-
-
-def _build(r: Row) -> Build:
-    return Build(
-        id=r["id"],
-        workspace_id=r["workspace_id"],
-        template_version_id=r["template_version_id"],
-        build_number=r["build_number"],
-        transition=r["transition"],
-        initiator_id=r["initiator_id"],
-        job_id=r["job_id"],
-        variables=json.loads(r["variables"]),
-        created_at=r["created_at"],
-    )
-
-
-def _job(r: Row) -> Job:
-    return Job(
-        id=r["id"],
-        kind=r["kind"],
-        input=json.loads(r["input"]),
-        tags=json.loads(r["tags"]),
-        created_at=r["created_at"],
-        started_at=r["started_at"],
-        completed_at=r["completed_at"],
-        cancel_requested_at=r["cancel_requested_at"],
-        heartbeat_at=r["heartbeat_at"],
-        daemon_id=r["daemon_id"],
-        error=r["error"],
-        result=None if r["result"] is None else json.loads(r["result"]),
-    )
-
-
-def _log(r: Row) -> LogLine:
-    return LogLine(
-        id=r["id"],
-        created_at=r["created_at"],
-        level=r["level"],
-        stage=r["stage"],
-        output=r["output"],
-    )
-
-
-def _agent_log(r: Row) -> AgentLogLine:
-    return AgentLogLine(
-        output=r["output"], source=r["source"], created_at=r["created_at"], id=int(r["id"])
-    )
-
-
-def _resource(r: Row) -> Resource:
-    return Resource(
-        id=r["id"],
-        build_id=r["build_id"],
-        type=r["type"],
-        name=r["name"],
-        kind=r["kind"],
-        persistence=r["persistence"],
-        metadata=json.loads(r["metadata"]),
-    )
-
-
-def _agent(r: Row) -> Agent:
-    return Agent(
-        id=r["id"],
-        build_id=r["build_id"],
-        workspace_id=r["workspace_id"],
-        resource_id=r["resource_id"],
-        name=r["name"],
-        token_hash=r["token_hash"],
-        os=r["os"],
-        arch=r["arch"],
-        directory=r["directory"],
-        startup_script=r["startup_script"],
-        env=json.loads(r["env"]),
-        created_at=r["created_at"],
-        last_connected_at=r["last_connected_at"],
-        disconnected_at=r["disconnected_at"],
-        lifecycle_state=r["lifecycle_state"],
-        lifecycle_changed_at=r["lifecycle_changed_at"],
-        ports=tuple(json.loads(r["ports"])),
-        stats=json.loads(r["stats"]),
-        reported_at=r["reported_at"],
-        options=json.loads(r["options"]),
-    )
-
-
-def _daemon(r: Row) -> Daemon:
-    return Daemon(
-        id=r["id"],
-        name=r["name"],
-        tags=json.loads(r["tags"]),
-        created_at=r["created_at"],
-        last_seen_at=r["last_seen_at"],
-    )
+_user = _row_reader(User, roles=_json_tuple)
+_key = _row_reader(ApiKey)
+_template = _row_reader(Template)
+_version = _row_reader(TemplateVersion, tags=json.loads)
+_workspace = _row_reader(Workspace, deleted=bool)
+_build = _row_reader(Build, variables=json.loads)
+_job = _row_reader(Job, input=json.loads, tags=json.loads, result=_json_or_none)
+_log = _row_reader(LogLine)
+_agent_log = _row_reader(AgentLogLine, id=int)
+_resource = _row_reader(Resource, metadata=json.loads)
+_agent = _row_reader(
+    Agent, env=json.loads, ports=_json_tuple, stats=json.loads, options=json.loads
+)
+_daemon = _row_reader(Daemon, tags=json.loads)
 
 
 async def _job_row(tx: Tx, job_id: str, lock: bool = False) -> Row:
