@@ -6,7 +6,8 @@ Theory of operation
 waits for ServerInfo, which the server sends only after registering the
 client: once it returns, packets sent to this key are delivered here.  After
 that, one task calls ``receive()`` in a loop; any number of tasks may send
-(sends are serialized by a lock, one ``send_all`` per call).  ``receive()``
+(sends are serialized by a lock, one write per call: on plain TCP a direct
+syscall, else ``send_all``).  ``receive()``
 answers the server's Pings itself and resolves pending ``ping()`` calls when
 their Pong arrives, so ``ping()`` needs that receive loop running.  Every way
 the connection can end surfaces as ``DerpConnectionClosed``; malformed input

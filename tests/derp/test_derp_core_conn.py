@@ -224,3 +224,42 @@ def _pump_one_byte(
             await trio.lowlevel.checkpoint()
 
     return hook
+
+
+async def test_plain_socket_fast_paths_respect_replayed_bytes() -> None:
+    """On plain TCP DerpConn reads and writes the socket directly; bytes a
+    PrefixedStream still replays come first, then the socket's, in order."""
+    from derp.conn import raw_socket, replays_bytes
+    from derp.prefixed import PrefixedStream
+
+    left, right = trio.socket.socketpair()
+    ours, theirs = trio.SocketStream(left), trio.SocketStream(right)
+    src = public_key(generate_private_key())
+    stream = PrefixedStream(f.encode_recv_packet(src, b"replayed"), ours)
+    assert raw_socket(stream) is ours.socket
+    assert raw_socket(trio.testing.memory_stream_pair()[0]) is None
+    assert replays_bytes(stream)
+    key = generate_private_key()
+    conn = DerpConn(stream, key, public_key(generate_private_key()), f.FrameDecoder())
+    with trio.fail_after(5):
+        await theirs.send_all(f.encode_recv_packet(src, b"from the socket"))
+        first = await conn.receive()
+        assert isinstance(first, f.RecvPacket)
+        assert first.data == b"replayed"
+        assert not replays_bytes(stream)
+        second = await conn.receive()
+        assert isinstance(second, f.RecvPacket)
+        assert second.data == b"from the socket"
+        # Sending: a direct write, whole frames on the wire.
+        dst = public_key(generate_private_key())
+        await conn.send_packet(dst, b"out")
+        assert conn.write_now(f.encode_send_packet(dst, b"now")) > 0
+        want = f.encode_send_packet(dst, b"out") + f.encode_send_packet(dst, b"now")
+        got = b""
+        while len(got) < len(want):
+            got += await theirs.receive_some()
+        assert got == want
+        await theirs.aclose()
+        with pytest.raises(DerpConnectionClosed):
+            await conn.receive()
+        await conn.aclose()
