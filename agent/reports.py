@@ -26,7 +26,7 @@ from agent.http import CoderdClient, CoderdRefused, CoderdUnreachable
 from agent.lifecycle import Lifecycle, State
 from agent.ports import listening_ports
 from agent.scripts import LogLine
-from agent.stats import ConnStats
+from agent.stats import ConnStats, tunnel_summary
 
 log = logging.getLogger("burrow.agent")
 
@@ -54,12 +54,16 @@ class Reporter:
         interval: seconds between port and stats snapshots.
         services: the counters per service name, for stats reports.
         max_log_lines: most log lines waiting while coderd is away.
+        tunnel: returns ``Endpoint.stats()`` (or None while there is no
+            endpoint), for the tunnel RTT and paths in stats reports.
     """
 
     def __init__(self, api: CoderdClient, *, interval: float = 15.0,
                  services: Mapping[str, ConnStats] | None = None,
-                 max_log_lines: int = 20_000) -> None:
+                 max_log_lines: int = 20_000,
+                 tunnel: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
         self.api = api
+        self.tunnel = tunnel
         self.interval = interval
         self.services = dict(services or {})
         self.max_log_lines = max_log_lines
@@ -184,6 +188,7 @@ class Reporter:
         return {"ports": ports[:256]}
 
     def stats_body(self) -> dict[str, Any]:
+        """The stats report: counters per service and the tunnel's sessions, RTT, paths."""
         services: dict[str, dict[str, int]] = {}
         for name, stats in self.services.items():
             snap = stats.snapshot()
@@ -191,15 +196,20 @@ class Reporter:
                 "sessions_total": snap.sessions_total, "sessions_open": snap.sessions_open,
                 "bytes_in": snap.bytes_in, "bytes_out": snap.bytes_out, "errors": snap.errors,
             }
-        return {"services": services}
+        body: dict[str, Any] = {"services": services}
+        if self.tunnel is not None:
+            body["tunnel"] = tunnel_summary(self.tunnel())
+        return body
 
     async def run_snapshots(self, extra: Callable[[], None] | None = None) -> None:
         """Report ports and stats every ``interval`` seconds (failures only logged)."""
         while True:
-            for path, make in (("/workspaceagents/me/ports", self.ports_body),
-                               ("/workspaceagents/me/stats", self.stats_body)):
+            for path, make, in_thread in (("/workspaceagents/me/ports", self.ports_body, True),
+                                          ("/workspaceagents/me/stats", self.stats_body, False)):
                 try:
-                    body = await trio.to_thread.run_sync(make)
+                    # /proc is read in a worker thread; counters and sessions
+                    # belong to the trio thread and are read there.
+                    body = await trio.to_thread.run_sync(make) if in_thread else make()
                     await self.api.request("POST", path, body)
                     self.sent[path.rsplit("/", 1)[1]] += 1
                 except (CoderdUnreachable, CoderdRefused) as exc:

@@ -280,7 +280,8 @@ class Agent:
         self.ssh_stats = ConnStats()
         self.tcp_stats = ConnStats()
         self.reporter = Reporter(self.api, interval=options.report_interval,
-                                 services={"ssh": self.ssh_stats, "tcp": self.tcp_stats})
+                                 services={"ssh": self.ssh_stats, "tcp": self.tcp_stats},
+                                 tunnel=self._tunnel_stats)
         self.login_gate = trio.Event()
         self._startup_scope = trio.CancelScope()
         self.peers: dict[str, bytes] = {}  # coordinator conn id -> client key
@@ -288,6 +289,9 @@ class Agent:
         self.coordinator_connects = 0
 
     # -- pieces ----------------------------------------------------------
+
+    def _tunnel_stats(self) -> dict[str, object] | None:
+        return None if self.endpoint is None else self.endpoint.stats()
 
     def _node(self) -> dict[str, Any]:
         assert self.endpoint is not None

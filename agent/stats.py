@@ -7,7 +7,10 @@ trio thread, so plain integers need no locking.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,34 @@ class ConnStats:
             bytes_out=self._bytes_out,
             errors=self._errors,
         )
+
+
+def tunnel_summary(endpoint_stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The tunnel part of a stats report, from ``Endpoint.stats()``.
+
+    Reads the smoothed RTT each session already keeps for its retransmission
+    timer, so reporting it sends no extra traffic; sessions that have not
+    measured one yet count in ``sessions`` but not in the RTT figures.
+
+    Args:
+        endpoint_stats: ``Endpoint.stats()``, or None when the endpoint is not up.
+
+    Returns:
+        ``{"sessions": n, "rtt_ms_median": ms | None, "rtt_ms_max": ms | None,
+        "paths": {"direct": n, "relay": n, "none": n}}``.
+    """
+    sessions: Mapping[str, Any] = (endpoint_stats or {}).get("sessions") or {}
+    paths = {"direct": 0, "relay": 0, "none": 0}
+    rtts: list[float] = []
+    for s in sessions.values():
+        kind = s.get("path")
+        paths[kind if kind in paths else "none"] += 1
+        rtt = s.get("rtt")
+        if isinstance(rtt, int | float) and rtt >= 0:
+            rtts.append(rtt * 1000.0)
+    return {
+        "sessions": len(sessions),
+        "rtt_ms_median": round(statistics.median(rtts), 3) if rtts else None,
+        "rtt_ms_max": round(max(rtts), 3) if rtts else None,
+        "paths": paths,
+    }

@@ -245,6 +245,50 @@ def test_reporter_snapshots_have_the_api_shape() -> None:
     assert all(set(p) <= {"port", "address", "family", "process"} for p in ports)
 
 
+async def test_stats_report_carries_the_tunnel_rtt_once_a_session_measured_one(
+    tmp_path: Path
+) -> None:
+    from tunnel.mempath import MemoryNetwork
+    from tunnel.stream import TunnelStream
+
+    agent = Agent(AgentOptions(url="http://127.0.0.1:1", token="t", data_dir=tmp_path))
+    assert agent.reporter.stats_body()["tunnel"] == {
+        "sessions": 0, "rtt_ms_median": None, "rtt_ms_max": None,
+        "paths": {"direct": 0, "relay": 0, "none": 0}}
+    net = MemoryNetwork()
+    ep = agent.endpoint = Endpoint(generate_private_key())
+    client = Endpoint(generate_private_key())
+    ep.add_relay(net.attach(ep.public_key))
+    client.add_relay(net.attach(client.public_key))
+    ep.set_peer(client.public_key)
+    client.set_peer(ep.public_key)
+
+    async def echo(peer: bytes, service: str, stream: TunnelStream) -> None:
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ep.run)
+        await nursery.start(client.run)
+        nursery.start_soon(ep.serve, echo)
+        with trio.fail_after(5):
+            s = await client.open_stream(ep.public_key, "ssh")
+            for i in range(5):  # data both ways: the agent's side gets acks to time
+                await s.send_all(b"x%d" % i)
+                assert await s.receive_some()
+            sent_before = net.counts["sent"]
+            body = agent.reporter.stats_body()
+            assert net.counts["sent"] == sent_before  # read, not measured by a ping
+        nursery.cancel_scope.cancel()
+    tunnel = body["tunnel"]
+    assert tunnel["sessions"] == 1
+    assert tunnel["paths"] == {"direct": 0, "relay": 1, "none": 0}
+    assert isinstance(tunnel["rtt_ms_median"], float)
+    assert 0 <= tunnel["rtt_ms_median"] <= tunnel["rtt_ms_max"] < 5000
+    assert json.loads(json.dumps(body)) == body  # what goes on the wire
+
+
 async def test_only_keys_the_coordinator_named_may_open_sessions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

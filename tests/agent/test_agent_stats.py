@@ -26,3 +26,18 @@ def test_stats_counters() -> None:
     stats.session_closed()
     with pytest.raises(RuntimeError, match="without a matching"):
         stats.session_closed()
+
+
+def test_tunnel_summary_takes_median_and_max_over_measured_sessions() -> None:
+    from agent.stats import tunnel_summary
+
+    assert tunnel_summary(None)["rtt_ms_median"] is None
+    got = tunnel_summary({"dropped": {}, "sessions": {
+        "a": {"path": "direct", "rtt": 0.001},
+        "b": {"path": "relay", "rtt": 0.003},
+        "c": {"path": "relay", "rtt": 0.010},
+        "d": {"path": "none", "rtt": None},  # handshaking: counted, no RTT yet
+        "e": {"path": "weird", "rtt": "x"},
+    }})
+    assert got == {"sessions": 5, "rtt_ms_median": 3.0, "rtt_ms_max": 10.0,
+                   "paths": {"direct": 1, "relay": 2, "none": 2}}
