@@ -130,8 +130,47 @@ async def post_stats(call: Call) -> Response:
                 raise _invalid("services", f"{name}.{k} must be a non-negative integer")
             values[k] = v
         clean[name] = values
-    await call.cd.store.update_agent_report(call.agent.id, stats={"services": clean})
+    tunnel = call.body.get("tunnel")
+    await call.cd.store.update_agent_report(
+        call.agent.id, stats={"services": clean},
+        tunnel=None if tunnel is None else _tunnel_stats(tunnel))
     return Response(204)
+
+
+TUNNEL_PATHS = ("direct", "relay", "none")
+MAX_RTT_MS = 3_600_000.0
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+
+
+def _tunnel_stats(raw: dict[str, Any]) -> dict[str, Any]:
+    """The tunnel part of a stats report, checked: {sessions, rtt_ms_median,
+    rtt_ms_max (ms or null), paths: {direct, relay, none}}.
+
+    Raises:
+        ApiError: 400 naming the first field of the wrong type or range.
+    """
+    if set(raw) - {"sessions", "rtt_ms_median", "rtt_ms_max", "paths"}:
+        raise _invalid("tunnel", "fields are sessions, rtt_ms_median, rtt_ms_max, paths")
+    sessions = raw.get("sessions", 0)
+    if not _count(sessions):
+        raise _invalid("tunnel.sessions", "must be a non-negative integer")
+    out: dict[str, Any] = {"sessions": sessions}
+    for k in ("rtt_ms_median", "rtt_ms_max"):
+        v = raw.get(k)
+        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)
+                              or not 0 <= v <= MAX_RTT_MS):
+            raise _invalid(f"tunnel.{k}", "must be null or milliseconds (a number >= 0)")
+        out[k] = None if v is None else float(v)
+    paths = raw.get("paths", {})
+    if not isinstance(paths, dict) or set(paths) - set(TUNNEL_PATHS):
+        raise _invalid("tunnel.paths", f"must be an object of {', '.join(TUNNEL_PATHS)} counts")
+    if not all(_count(v) for v in paths.values()):
+        raise _invalid("tunnel.paths", "counts must be non-negative integers")
+    out["paths"] = {k: paths.get(k, 0) for k in TUNNEL_PATHS}
+    return out
 
 
 MAX_LOG_LINES = 50_000  # per agent; later lines are not stored (the agent marks gaps)
@@ -217,10 +256,14 @@ ROUTES = [
     ),
     Route(
         "POST", "/workspaceagents/me/stats", post_stats, AGENT,
-        "Report connection counters per service (the latest snapshot)",
+        "Report connection counters per service and the tunnel's RTT and paths"
+        " (the latest snapshot)",
         body={"services": Field("object", required=True,
                                 description="{name: {sessions_total, sessions_open, bytes_in,"
-                                " bytes_out, errors}}")},
+                                " bytes_out, errors}}"),
+              "tunnel": Field("object",
+                              description="{sessions, rtt_ms_median: ms|null,"
+                              " rtt_ms_max: ms|null, paths: {direct, relay, none}}")},
         responses={204: "recorded"},
     ),
     Route(

@@ -82,6 +82,8 @@ def agent(a: Agent) -> dict[str, Any]:
         "lifecycle_changed_at": a.lifecycle_changed_at,
         "ports": [dict(p) for p in a.ports],
         "stats": dict(a.stats),
+        "tunnel": dict(a.tunnel),
+        "reported_at": a.reported_at,
     }
 
 

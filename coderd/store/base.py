@@ -217,6 +217,9 @@ class Agent:
     ports: tuple[Mapping[str, Any], ...] = ()
     stats: Mapping[str, Any] = field(default_factory=dict)
     reported_at: float | None = None
+    # The tunnel part of the last stats report: sessions, rtt_ms_median,
+    # rtt_ms_max (None before an RTT is measured), paths {direct, relay, none}.
+    tunnel: Mapping[str, Any] = field(default_factory=dict)
     # Template-declared options beyond the startup script: shutdown_script,
     # startup_script_timeout (seconds), start_blocks_login (bool).
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -428,6 +431,7 @@ class Store(abc.ABC):
         lifecycle: tuple[str, float] | None = None,
         ports: list[dict[str, Any]] | None = None,
         stats: dict[str, Any] | None = None,
+        tunnel: dict[str, Any] | None = None,
     ) -> None:
         """Store what the agent reported (only the parts given)."""
 

@@ -98,7 +98,8 @@ _log = _row_reader(LogLine)
 _agent_log = _row_reader(AgentLogLine, id=int)
 _resource = _row_reader(Resource, metadata=json.loads)
 _agent = _row_reader(
-    Agent, env=json.loads, ports=_json_tuple, stats=json.loads, options=json.loads
+    Agent, env=json.loads, ports=_json_tuple, stats=json.loads, options=json.loads,
+    tunnel=json.loads,
 )
 _daemon = _row_reader(Daemon, tags=json.loads)
 
@@ -602,6 +603,7 @@ class SqlStore(Store):
         lifecycle: tuple[str, float] | None = None,
         ports: list[dict[str, Any]] | None = None,
         stats: dict[str, Any] | None = None,
+        tunnel: dict[str, Any] | None = None,
     ) -> None:
         now = time.time()
 
@@ -626,6 +628,13 @@ class SqlStore(Store):
                 await tx.execute(
                     "UPDATE workspace_agents SET stats = ?, reported_at = ? WHERE id = ?",
                     _json(stats),
+                    now,
+                    agent_id,
+                )
+            if tunnel is not None:
+                await tx.execute(
+                    "UPDATE workspace_agents SET tunnel = ?, reported_at = ? WHERE id = ?",
+                    _json(tunnel),
                     now,
                     agent_id,
                 )

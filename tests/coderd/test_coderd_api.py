@@ -444,6 +444,32 @@ async def test_agent_reports_lifecycle_ports_and_stats(api: Api) -> None:
     assert agent["ports"][0]["process"] == "python3"
     assert agent["stats"]["services"]["ssh"]["sessions_total"] == 3
     assert agent["stats"]["services"]["ssh"]["errors"] == 0
+    assert agent["tunnel"] == {}  # no tunnel part reported yet
+    assert await post("/workspaceagents/me/stats", {"services": {}, "tunnel": {
+        "sessions": 2, "rtt_ms_median": 1.25, "rtt_ms_max": 7,
+        "paths": {"direct": 1, "relay": 1}}}) == 204
+    r = await api.call("GET", "/workspaces/dev")
+    agent = r.body["latest_build"]["agents"][0]
+    assert agent["tunnel"] == {"sessions": 2, "rtt_ms_median": 1.25, "rtt_ms_max": 7.0,
+                               "paths": {"direct": 1, "relay": 1, "none": 0}}
+    assert agent["reported_at"] is not None
+    stored = await api.cd.store.get_agent(agent["id"])
+    assert stored is not None
+    assert stored.tunnel["rtt_ms_median"] == 1.25
+    assert await post("/workspaceagents/me/stats", {"services": {}, "tunnel": {
+        "sessions": 1, "rtt_ms_median": None, "rtt_ms_max": None, "paths": {"none": 1}}}) == 204
+    r = await api.call("GET", "/workspaces/dev")
+    assert r.body["latest_build"]["agents"][0]["tunnel"]["rtt_ms_median"] is None
+    bad_tunnel = [
+        "fast", {"rtt_ms_median": "1ms"}, {"rtt_ms_max": True}, {"rtt_ms_median": -1},
+        {"sessions": 1.5}, {"sessions": "2"}, {"paths": {"direct": "1"}},
+        {"paths": {"udp": 1}}, {"paths": [1]}, {"jitter": 1},
+    ]
+    for tunnel in bad_tunnel:
+        r = await api.call("POST", "/workspaceagents/me/stats",
+                           {"services": {}, "tunnel": tunnel}, token=None, headers=hdr)
+        assert r.status == 400, tunnel
+        assert r.body["message"], tunnel
     bad = [
         ("/workspaceagents/me/lifecycle", {"state": "exploded"}),
         ("/workspaceagents/me/lifecycle", {"state": "ready", "changed_at": "now"}),

@@ -18,7 +18,7 @@ async def _user(store: Store, name: str = "alice") -> str:
 async def test_migrations_are_recorded_and_not_reapplied(
     opened: Opened, db_config: dict[str, str]
 ) -> None:
-    assert opened.migrations_applied == [1, 2, 3, 4, 5]
+    assert opened.migrations_applied == [1, 2, 3, 4, 5, 6]
     again = await open_store(**db_config)
     try:
         assert again.migrations_applied == []
