@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,8 @@ pytestmark = [
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("e2e")
     env = cli_env(tmp)
+    # reaches the agents through server -> terraform -> local-exec: stats every second
+    env["BURROW_REPORT_INTERVAL"] = "1"
     (tmp / "home").mkdir()
     proc, url = start_server(tmp, env)
     s = Site(proc, url, env, tmp, tmp / "home" / ".ssh" / "config")
@@ -171,6 +174,27 @@ def test_startup_script_logs_ready_error_and_timeout(site: Site) -> None:
     proc2 = site.ssh("burrow.good", "echo $BURROW_E2E")
     assert proc2.returncode == 0, proc2.stderr
     assert proc2.stdout == b"yes\n"
+    # with a session open, the agent's stats carry the tunnel RTT; show prints it
+    # next to the tail of the startup log
+    held = subprocess.Popen(["ssh", "-F", str(site.ssh_config), "-o", "BatchMode=yes",
+                             "burrow.good", "sleep 60"], env=site.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        agent = site.wait_agent("good", lambda a: (a.get("tunnel") or {}).get("rtt_ms_median")
+                                is not None, timeout=30)
+        assert agent["tunnel"]["sessions"] >= 1
+        assert agent["tunnel"]["rtt_ms_max"] >= agent["tunnel"]["rtt_ms_median"] >= 0
+        shown = site.ok("show", "good")
+    finally:
+        stop(held)
+    assert "connected, ready" in shown
+    assert re.search(r"tunnel  sessions \d+ \(.*\), rtt \d+\.\dms median, \d+\.\dms max",
+                     shown), shown
+    assert re.search(r"stats   sessions \d+ open/\d+ total, in \d+ B, out \d+ B", shown), shown
+    assert "startup log (last 3 lines):" in shown, shown
+    assert "      first line\n" in shown, shown
+    assert "      env=yes\n" in shown, shown
 
 
 def test_agent_killed_disconnects_restarted_connects_and_stops_cleanly(site: Site) -> None:
