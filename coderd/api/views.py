@@ -148,6 +148,7 @@ def workspace_detail(d: WorkspaceDetail) -> dict[str, Any]:
         "deleted": w.deleted,
         "status": workspace_status(d.latest_build, d.latest_job),
         "latest_build": build(d.latest_build, d.latest_job) if d.latest_build else None,
+        "agents": {"total": d.agents_total, "connected": d.agents_connected},
     }
 
 

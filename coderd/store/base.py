@@ -241,6 +241,8 @@ class WorkspaceDetail:
     template_name: str
     latest_build: Build | None
     latest_job: Job | None
+    agents_total: int = 0  # agents of the latest build
+    agents_connected: int = 0  # of those, with a live coordinator connection
 
 
 @dataclass(frozen=True)

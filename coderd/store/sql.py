@@ -407,7 +407,12 @@ class SqlStore(Store):
             + ", ".join(f"b.{c} AS b_{c}" for c in _BUILD_COLUMNS)
             + ", "
             + ", ".join(f"j.{c} AS j_{c}" for c in _JOB_COLUMNS)
-            + " FROM workspaces w JOIN users u ON u.id = w.owner_id"
+            + ", (SELECT COUNT(*) FROM workspace_agents a WHERE a.build_id = b.id)"
+            " AS agents_total"
+            ", (SELECT COUNT(*) FROM workspace_agents a WHERE a.build_id = b.id"
+            " AND a.last_connected_at IS NOT NULL AND a.disconnected_at IS NULL)"
+            " AS agents_connected"
+            " FROM workspaces w JOIN users u ON u.id = w.owner_id"
             " JOIN templates t ON t.id = w.template_id"
             " LEFT JOIN workspace_builds b ON b.workspace_id = w.id AND b.build_number ="
             " (SELECT MAX(build_number) FROM workspace_builds WHERE workspace_id = w.id)"
@@ -435,6 +440,8 @@ class SqlStore(Store):
                         r["template_name"],
                         _build(b) if b["id"] is not None else None,
                         _job(j) if j["id"] is not None else None,
+                        int(r["agents_total"] or 0),
+                        int(r["agents_connected"] or 0),
                     )
                 )
             return out

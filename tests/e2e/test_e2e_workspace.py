@@ -197,6 +197,15 @@ def test_startup_script_logs_ready_error_and_timeout(site: Site) -> None:
     assert "      env=yes\n" in shown, shown
 
 
+def listed_agents(site: Site, workspace: str) -> str:
+    """The AGENTS column of ``burrow list`` for one workspace."""
+    lines = site.ok("list").splitlines()
+    header = lines[0]
+    start, end = header.index("AGENTS"), header.index("BUILD")
+    row = next(line for line in lines[1:] if line.split()[0] == workspace)
+    return row[start:end].strip()
+
+
 def test_agent_killed_disconnects_restarted_connects_and_stops_cleanly(site: Site) -> None:
     create_scripted(site, "victim", shutdown_script="echo bye > shutdown-ran")
     before = site.wait_agent("victim", lambda a: a.get("status") == "connected"
@@ -206,8 +215,10 @@ def test_agent_killed_disconnects_restarted_connects_and_stops_cleanly(site: Sit
     environ = dict(
         item.split("=", 1) for item in
         Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item)
+    assert listed_agents(site, "victim") == "connected"
     os.kill(pid, signal.SIGKILL)
     site.wait_agent("victim", lambda a: a.get("status") == "disconnected", timeout=30)
+    assert listed_agents(site, "victim") == "disconnected"
     env = {k: v for k, v in site.env.items()}
     env.update(HOME=str(root / "home"), BURROW_AGENT_URL=environ["BURROW_AGENT_URL"],
                BURROW_AGENT_TOKEN=environ["BURROW_AGENT_TOKEN"])
