@@ -40,18 +40,35 @@ COMMANDS = (
 )
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """The parser for every command, or for just the command module ``only``.
+
+    ``only`` is the fast path when the command is already known: building all
+    subparsers imports every command module and costs tens of milliseconds,
+    which ``burrow ssh --stdio`` (run by OpenSSH on every connect) should not
+    pay.
+    """
     parser = Parser(prog="burrow", description="Remote development workspaces over DERP.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"burrow.commands.{name}")
         module.register(sub)
     return parser
 
 
+def command_module(argv: Sequence[str]) -> str | None:
+    """The module of the command ``argv`` starts with, if any: ``config-ssh`` -> ``config_ssh``."""
+    if not argv or argv[0].startswith("-") or "_" in argv[0]:
+        return None
+    name = argv[0].replace("-", "_")
+    return name if name in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(command_module(argv))
     args = parser.parse_args(argv)
     try:
         rc: int = args.run(args)
