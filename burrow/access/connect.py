@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-import trio_websocket
 
+from burrow.access import wsclient
 from burrow.access.coordination import (
     CoordinationError,
     Node,
@@ -173,7 +173,7 @@ class WorkspaceConnection:
         self.agent_node = agent_node
         self.rejoin_timeout = rejoin_timeout
         self._agent_changed = trio.Event()
-        self.ws: trio_websocket.WebSocketConnection | None = None  # owned by _follow
+        self.ws: wsclient.WebSocket | None = None  # owned by _follow
         self.coordinator_losses = 0
 
     @property
@@ -272,12 +272,12 @@ def _coordinate_url(client: Client, agent_id: str) -> str:
     return scheme + base.split("://", 1)[1] + f"/api/v2/workspaceagents/{agent_id}/coordinate"
 
 
-async def _next_message(ws: trio_websocket.WebSocketConnection) -> Welcome | Peer | None:
+async def _next_message(ws: wsclient.WebSocket) -> Welcome | Peer | None:
     try:
         text = await ws.get_message()
-    except trio_websocket.ConnectionClosed as exc:
-        reason = exc.reason.reason if exc.reason is not None else None
-        raise AccessError(f"the coordinator closed the connection: {reason or 'closed'}") from None
+    except wsclient.ConnectionClosed as exc:
+        raise AccessError(
+            f"the coordinator closed the connection: {exc.reason or 'closed'}") from None
     try:
         msg = parse_server_message(text)
     except CoordinationError as exc:
@@ -287,16 +287,14 @@ async def _next_message(ws: trio_websocket.WebSocketConnection) -> Welcome | Pee
 
 async def _open_coordinator(
     nursery: trio.Nursery, client: Client, target: Target
-) -> trio_websocket.WebSocketConnection:
+) -> wsclient.WebSocket:
     headers = [(SESSION_HEADER.encode(), (client.token or "").encode())]
     url = _coordinate_url(client, target.agent_id)
     try:
         with trio.fail_after(client.timeout):
-            return await trio_websocket.connect_websocket_url(
-                nursery, url, extra_headers=headers, message_queue_size=64,
-                max_message_size=1 << 20,
-            )
-    except trio_websocket.ConnectionRejected as exc:
+            return await wsclient.connect(url, extra_headers=headers,
+                                          max_message_size=1 << 20)
+    except wsclient.ConnectionRejected as exc:
         message = f"HTTP {exc.status_code}"
         try:
             body = json.loads(exc.body or b"{}")
@@ -305,7 +303,7 @@ async def _open_coordinator(
         except ValueError:
             pass
         raise AccessError(f"coordinator refused: {message}") from None
-    except (trio_websocket.HandshakeError, OSError) as exc:
+    except (wsclient.HandshakeError, OSError, ValueError) as exc:
         raise AccessError(f"cannot reach the coordinator at {client.url}: {exc}") from None
     except trio.TooSlowError:
         raise AccessError(f"the coordinator at {client.url} did not answer in time") from None
@@ -422,7 +420,7 @@ class _AgentWatch:
 async def _join(
     nursery: trio.Nursery,
     client: Client,
-    ws: trio_websocket.WebSocketConnection,
+    ws: wsclient.WebSocket,
     target: Target,
     key: bytes,
     endpoint: Endpoint,
@@ -484,7 +482,7 @@ async def _join(
 async def _follow(
     nursery: trio.Nursery,
     client: Client,
-    ws: trio_websocket.WebSocketConnection,
+    ws: wsclient.WebSocket,
     conn: WorkspaceConnection,
 ) -> None:
     """Apply the agent's re-announcements.  When the coordinator goes away (coderd
@@ -506,7 +504,7 @@ async def _follow(
 
 async def _rejoin(
     nursery: trio.Nursery, client: Client, conn: WorkspaceConnection
-) -> trio_websocket.WebSocketConnection:
+) -> wsclient.WebSocket:
     delay = REJOIN_MIN_DELAY
     while True:
         await trio.sleep(delay * random.uniform(0.5, 1.0))
@@ -517,7 +515,7 @@ async def _rejoin(
             continue
         try:
             await ws.send_message(node_message(conn.endpoint.public_key, conn.region.region_id))
-        except trio_websocket.ConnectionClosed:
+        except wsclient.ConnectionClosed:
             continue
         conn.ws = ws
         return ws
