@@ -360,9 +360,8 @@ class DerpServer:
                 c.wake.set()
             return
         packets, control = c.packets, c.control
-        taken_control = list(control)
+        parts: list[bytes] = list(control)
         control.clear()
-        parts = taken_control.copy()
         control_size = size = sum(map(len, parts))
         taken: list[tuple[bytes, bytes]] = []
         while packets and size < _BATCH_BYTES:
