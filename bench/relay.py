@@ -255,9 +255,18 @@ def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
     return p50, p99
 
 
-async def _tcp_rtt(port: int, count: int) -> tuple[float, float]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"R")
+async def echo_rtt_samples(stream: trio.abc.Stream, count: int) -> list[int]:
+    """Round-trip 64-byte messages over an echoing stream.
+
+    Sends ``count`` plus 10% warm-up messages, waiting for each echo before
+    the next; the warm-up rounds are dropped.
+
+    Returns:
+        The ``count`` round-trip times in nanoseconds.
+
+    Raises:
+        trio.BrokenResourceError: if the stream breaks.
+    """
     msg = b"x" * 64
     samples: list[int] = []
     for i in range(count + count // 10):
@@ -268,6 +277,13 @@ async def _tcp_rtt(port: int, count: int) -> tuple[float, float]:
             got += len(await stream.receive_some(64 - got))
         if i >= count // 10:
             samples.append(time.perf_counter_ns() - t0)
+    return samples
+
+
+async def _tcp_rtt(port: int, count: int) -> tuple[float, float]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"R")
+    samples = await echo_rtt_samples(stream, count)
     await stream.aclose()
     return _percentiles(samples)
 

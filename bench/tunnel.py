@@ -26,7 +26,14 @@ from typing import Any
 
 import trio
 
-from bench.relay import Child, _percentiles, children, measure_derp, measure_tcp
+from bench.relay import (
+    Child,
+    _percentiles,
+    children,
+    echo_rtt_samples,
+    measure_derp,
+    measure_tcp,
+)
 from derp.client import DerpClient, Packet
 from derp.keys import generate_private_key, key_from_hex, public_key
 from tunnel.derp_path import DerpPath
@@ -105,16 +112,7 @@ async def _derp_client_rtt(url: str, peer: bytes, count: int) -> tuple[float, fl
 
 async def _rtt(ep: Endpoint, peer: bytes, count: int) -> tuple[float, float]:
     stream = await ep.open_stream(peer, "echo")
-    msg = b"x" * 64
-    samples: list[int] = []
-    for i in range(count + count // 10):
-        t0 = time.perf_counter_ns()
-        await stream.send_all(msg)
-        got = 0
-        while got < 64:
-            got += len(await stream.receive_some(64 - got))
-        if i >= count // 10:
-            samples.append(time.perf_counter_ns() - t0)
+    samples = await echo_rtt_samples(stream, count)
     await stream.send_eof()
     await stream.aclose()
     return _percentiles(samples)
