@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import trio
 
 from agent.stats import ConnStats
+from tunnel.splice import splice as tunnel_splice
 
 log = logging.getLogger("burrow.agent.services")
 
 # Bytes per receive_some when copying: big reads, few calls.
-COPY_SIZE = 256 * 1024
 MAX_SERVICE_NAME = 64
 
 
@@ -89,35 +89,14 @@ def parse_service(name: str) -> Service:
     raise ServiceNameError(f"unknown service {shown!r} (want 'ssh' or 'tcp:[HOST:]PORT')")
 
 
-async def _copy(
-    src: trio.abc.ReceiveStream, dst: trio.abc.SendStream, count: Callable[[int], None]
-) -> None:
-    """Copy until EOF, then pass the EOF on (half-close) if ``dst`` can."""
-    while data := await src.receive_some(COPY_SIZE):
-        await dst.send_all(data)
-        count(len(data))
-    if isinstance(dst, trio.abc.HalfCloseableStream):
-        await dst.send_eof()
-
-
 async def splice(a: trio.abc.Stream, b: trio.abc.Stream, stats: ConnStats | None = None) -> None:
-    """Copy both ways until both directions ended; close both.
+    """Copy both ways until both directions ended; close both (see tunnel.splice).
 
-    An EOF is passed on as a half-close where the other stream supports it.
-    If either stream breaks, both are closed and the error is swallowed (a
-    peer going away is the normal end of a forward).
+    Bytes from ``a`` count as in, bytes to ``a`` as out.  A peer going away is
+    the normal end of a forward, so a broken stream is not an error here.
     """
     stats = stats or ConnStats()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_copy, a, b, stats.add_in)
-            nursery.start_soon(_copy, b, a, stats.add_out)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        with trio.CancelScope(shield=True):
-            await a.aclose()
-            await b.aclose()
+    await tunnel_splice(a, b, count_ab=stats.add_in, count_ba=stats.add_out)
 
 
 async def forward_to_local_port(

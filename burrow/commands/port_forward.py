@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
             lifecycle_warning,
         )
         from burrow.access.progress import Progress
-        from burrow.access.splice import splice
         from burrow.api_client import session_client
         from burrow.portspec import Forward
+        from tunnel.splice import splice
 
         async def handle(conn: WorkspaceConnection, fwd: Forward,
                          sock: trio.SocketStream) -> None:

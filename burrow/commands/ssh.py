@@ -63,8 +63,8 @@ def _run_stdio(args: argparse.Namespace) -> int:
 
         from burrow.access.connect import connect, lifecycle_warning
         from burrow.access.progress import Progress
-        from burrow.access.splice import COPY_SIZE
         from burrow.api_client import session_client
+        from tunnel.splice import COPY_SIZE
 
         client = session_client()
         async with connect(client, args.workspace, progress=Progress(),

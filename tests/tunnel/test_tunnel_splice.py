@@ -1,11 +1,11 @@
-"""burrow.access.splice: copy loops with half-close and backpressure, over memory streams."""
+"""tunnel.splice: copy loops with half-close and backpressure, over memory streams."""
 
 from __future__ import annotations
 
 import trio
 import trio.testing
 
-from burrow.access.splice import copy_one_way, splice
+from tunnel.splice import copy_one_way, splice
 
 
 async def test_splice_copies_both_ways_and_passes_eof() -> None:
