@@ -1,15 +1,24 @@
 """The agent's SSH server: asyncssh under trio, fed by any ``trio.abc.Stream``.
 
-This is the one module of the agent that touches asyncio.  asyncssh is an
-asyncio library; it runs here on a trio-asyncio loop (:func:`asyncio_loop`,
-opened once per process and reused), so the rest of the agent stays trio.
+This module and the other SSH adapter modules (``agent/ssh_*.py``) are the
+only modules of the agent that touch asyncio.  asyncssh is an asyncio library;
+it runs here on a trio-asyncio loop (:func:`asyncio_loop`, opened once per
+process and reused), so the rest of the agent stays trio.
+
+The adapter is split along its seams; this module is the facade
+(:class:`SSHServer`, the per-connection policy, SFTP) and re-exports the rest:
+
+* :mod:`agent.ssh_loop` -- the trio-asyncio loop helper;
+* :mod:`agent.ssh_hostkey` -- the persistent host key;
+* :mod:`agent.ssh_transport` -- the asyncio transport over a trio stream;
+* :mod:`agent.ssh_session` -- child processes (PTY, exec) and their I/O pumps.
 
 Theory of operation
 -------------------
 SSH connections reach the agent as tunnel streams, not sockets.  asyncssh
 normally owns a socket through an asyncio transport; here
-:class:`_StreamTransport` *is* the asyncio transport, and two trio tasks pump
-it against the trio stream:
+:class:`_StreamTransport` (:mod:`agent.ssh_transport`) *is* the asyncio
+transport, and two trio tasks pump it against the trio stream:
 
 * ``_pump_in`` awaits ``stream.receive_some`` and hands each chunk straight
   to the SSH protocol's ``data_received`` (same thread, no copy, no extra
@@ -35,9 +44,10 @@ exists for tests and benchmarks on loopback only.
 Sessions run the user's login shell (or ``shell``): with a PTY when the
 client asks for one (window changes follow), else with pipes; the exit status
 (or signal) goes back to the client.  The child's I/O is pumped by trio tasks
-(``_ChildInput``, ``_pump_output``) plugged into asyncssh's process reader and
-writer hooks, not by asyncssh's ``redirect``: its asyncio pipe transports race
-with trio-asyncio's fd watchers when a pipe closes (EBADF, lost output).
+(``_ChildInput``, ``_pump_output`` in :mod:`agent.ssh_session`) plugged into
+asyncssh's process reader and writer hooks, not by asyncssh's ``redirect``:
+its asyncio pipe transports race with trio-asyncio's fd watchers when a pipe
+closes (EBADF, lost output).
 
 SFTP is asyncssh's server with relative paths resolved in the workspace
 directory; like sshd it ends with exit status 0 (scp counts on it).  Local
@@ -47,20 +57,15 @@ A ``login_gate`` holds shell and exec sessions until startup is done.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import logging
-import math
 import os
 import pty
 import pwd
 import signal
 import socket
-import struct
 import subprocess
-import termios
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,270 +74,64 @@ import trio
 import trio_asyncio
 
 from agent.environ import child_environ
+from agent.ssh_hostkey import HostKeyError, load_or_create_host_key
+from agent.ssh_loop import _log_asyncio_error, asyncio_loop
+from agent.ssh_session import (
+    KILL_GRACE,
+    PIPE_SIZE,
+    PTY_DRAIN_TIMEOUT,
+    _ChildInput,
+    _grow_pipe,
+    _kill_group,
+    _OutputGate,
+    _pump_output,
+    _set_controlling_tty,
+    _set_winsize,
+    supervise,
+)
+from agent.ssh_transport import (
+    RECEIVE_SIZE,
+    WRITE_HIGH_WATER,
+    WRITE_LOW_WATER,
+    _StreamTransport,
+    _Tunnel,
+)
 from agent.stats import ConnStats
+
+# Everything the adapter had before it was split still imports from here.
+__all__ = [
+    "CHANNEL_WINDOW",
+    "FLUSH_TIMEOUT",
+    "KILL_GRACE",
+    "PIPE_SIZE",
+    "PTY_DRAIN_TIMEOUT",
+    "RECEIVE_SIZE",
+    "WRITE_HIGH_WATER",
+    "WRITE_LOW_WATER",
+    "HostKeyError",
+    "SSHServer",
+    "_ChildInput",
+    "_OutputGate",
+    "_StreamTransport",
+    "_Tunnel",
+    "_grow_pipe",
+    "_kill_group",
+    "_log_asyncio_error",
+    "_pump_output",
+    "_set_controlling_tty",
+    "_set_winsize",
+    "asyncio_loop",
+    "load_or_create_host_key",
+    "supervise",
+]
 
 log = logging.getLogger("burrow.agent.ssh")
 
-# One receive_some worth of bytes handed to asyncssh at a time.
-RECEIVE_SIZE = 256 * 1024
-# Above this many queued outgoing bytes the SSH protocol is asked to pause.
-WRITE_HIGH_WATER = 4 * 1024 * 1024
-WRITE_LOW_WATER = 1024 * 1024
 # How long a finished connection may take to flush its last bytes.
 FLUSH_TIMEOUT = 5.0
-# How long a PTY session keeps reading output after its shell exited
-# (background jobs may hold the terminal open forever).
-PTY_DRAIN_TIMEOUT = 1.0
-# After SIGHUP to an abandoned session, how long before SIGKILL.
-KILL_GRACE = 5.0
 # SSH channel window and packet size: asyncssh's 2 MiB default window caps a
 # single stream's throughput at window/RTT; bigger costs only memory.
 CHANNEL_WINDOW = 8 * 1024 * 1024
-# Child stdout/stderr pipe capacity (Linux default 64 KiB; 1 MiB is the unprivileged max).
-PIPE_SIZE = 1024 * 1024
-
-
-class HostKeyError(Exception):
-    """The persisted host key exists but cannot be used."""
-
-
-# ---------------------------------------------------------------- the loop
-
-
-@contextlib.asynccontextmanager
-async def asyncio_loop() -> AsyncIterator[None]:
-    """Make a trio-asyncio loop current for the block: reuse one, or open one.
-
-    The agent's main enters this once around everything; nested entries (each
-    connection does one) find that loop and cost nothing.  Without an outer
-    loop each entry opens its own, which is correct but slower.
-    """
-    if trio_asyncio.current_loop.get() is not None:
-        yield
-        return
-    async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(_log_asyncio_error)
-        yield
-
-
-def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    # trio-asyncio's default handler re-raises into the loop's nursery, which
-    # would take every connection down with one stray callback error.
-    exc = context.get("exception")
-    log.error("asyncio: %s", context.get("message", "error"), exc_info=exc)
-
-
-# ---------------------------------------------------------------- host key
-
-
-def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
-    """Read the Ed25519 host key at ``path``, generating it (mode 0600) if absent.
-
-    The key is written to a temporary file in the same directory and renamed
-    into place, so a crash never leaves a half-written key.
-
-    Raises:
-        HostKeyError: the file exists but is not a readable private key.
-        OSError: the directory is not writable.
-    """
-    if path.exists():
-        try:
-            if path.stat().st_mode & 0o077:
-                os.chmod(path, 0o600)  # a host key others can read is a leaked key
-            return asyncssh.read_private_key(str(path))
-        except (OSError, ValueError, asyncssh.KeyImportError) as exc:
-            raise HostKeyError(f"cannot use SSH host key {path}: {exc}") from exc
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.export_private_key())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return key
-
-
-# ---------------------------------------------------------------- transport
-
-
-class _StreamTransport(asyncio.Transport):
-    """An asyncio transport whose bytes travel over a trio stream.
-
-    asyncio side (asyncssh calls these): write, write_eof, close, abort,
-    pause_reading, resume_reading.  trio side: ``_pump_in`` and ``_pump_out``,
-    started by :meth:`SSHServer.serve_stream` in its nursery.  Everything runs
-    on the one trio thread, so the shared attributes need no lock.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, peer: tuple[str, int], stats: ConnStats):
-        super().__init__({"peername": peer, "sockname": ("burrow-agent", 22)})
-        self._stream = stream
-        self._stats = stats
-        self._protocol: asyncio.BaseProtocol | None = None  # set by create_connection
-        self._attached = trio.Event()  # set once the protocol is attached
-        self._out: list[bytes] = []  # written by asyncssh, drained by _pump_out
-        self._out_size = 0
-        self._wake_out = trio.Event()  # _pump_out waits on it; write() sets it
-        self._reading = trio.Event()  # set while reading is allowed
-        self._reading.set()
-        self._eof_wanted = False  # write_eof called; _pump_out sends it after the data
-        self._closing = False  # close or abort called
-        self._lost = False  # connection_lost delivered
-        self._write_paused = False
-        self.finished = trio.Event()  # _pump_out is done (flushed, or gave up)
-
-    # -- asyncio.Transport (called from asyncssh) --
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self._protocol is not None
-        return self._protocol
-
-    def attach(self, protocol: asyncio.Protocol) -> None:
-        self._protocol = protocol
-        protocol.connection_made(self)
-        self._attached.set()
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def is_reading(self) -> bool:
-        return self._reading.is_set()
-
-    def pause_reading(self) -> None:
-        if self._reading.is_set():
-            self._reading = trio.Event()
-
-    def resume_reading(self) -> None:
-        self._reading.set()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._eof_wanted or not data:
-            return
-        self._out.append(bytes(data))
-        self._out_size += len(data)
-        self._wake_out.set()
-        if self._out_size > WRITE_HIGH_WATER and not self._write_paused:
-            self._write_paused = True
-            cast(asyncio.Protocol, self._protocol).pause_writing()
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self._eof_wanted = True
-        self._wake_out.set()
-
-    def get_write_buffer_size(self) -> int:
-        return self._out_size
-
-    def close(self) -> None:
-        """Flush what is queued, then close."""
-        self._closing = True
-        self._reading.set()
-        self._wake_out.set()
-
-    def abort(self) -> None:
-        """Close without flushing more than what asyncssh already queued.
-
-        asyncssh aborts right after queueing its DISCONNECT message, so the
-        queue is still flushed (bounded by FLUSH_TIMEOUT in serve_stream).
-        """
-        self.close()
-
-    # -- trio side --
-
-    def _lose(self, exc: Exception | None) -> None:
-        if self._lost or self._protocol is None:
-            return
-        self._lost = True
-        self._closing = True
-        self._reading.set()
-        self._wake_out.set()
-        self._protocol.connection_lost(exc)
-
-    async def _pump_in(self) -> None:
-        await self._attached.wait()
-        protocol = cast(asyncio.Protocol, self._protocol)
-        while not self._closing:
-            await self._reading.wait()
-            if self.is_closing():
-                break
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._lose(ConnectionResetError(str(exc) or "stream broken"))
-                return
-            if not data:
-                if not self._closing:
-                    protocol.eof_received()
-                    self._lose(None)
-                return
-            self._stats.add_in(len(data))
-            try:
-                protocol.data_received(cast(bytes, data))
-            except Exception as exc:  # an asyncssh bug must end this connection only
-                log.exception("ssh protocol error")
-                self._lose(exc)
-                return
-
-    async def _pump_out(self) -> None:
-        try:
-            while True:
-                await self._wake_out.wait()
-                self._wake_out = trio.Event()
-                while self._out:
-                    chunk = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-                    self._out.clear()
-                    self._out_size = 0
-                    if self._write_paused:
-                        self._write_paused = False
-                        cast(asyncio.Protocol, self._protocol).resume_writing()
-                    await self._stream.send_all(chunk)
-                    self._stats.add_out(len(chunk))
-                if self._eof_wanted and isinstance(self._stream, trio.abc.HalfCloseableStream):
-                    await self._stream.send_eof()
-                    self._eof_wanted = False
-                if self._closing:
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._out.clear()
-            self._lose(ConnectionResetError(str(exc) or "stream broken"))
-        finally:
-            self.finished.set()
-
-
-class _Tunnel:
-    """The ``tunnel=`` object asyncssh asks for a connection to run over."""
-
-    def __init__(self, transport: _StreamTransport):
-        self._transport = transport
-
-    async def create_connection(
-        self, session_factory: Any, remote_host: str, remote_port: int
-    ) -> tuple[_StreamTransport, Any]:
-        conn = session_factory()
-        self._transport.attach(conn)
-        return self._transport, conn
-
-    def close(self) -> None:
-        self._transport.close()
-
-    async def wait_closed(self) -> None:
-        return None
 
 
 # ---------------------------------------------------------------- SSH policy
@@ -372,154 +171,6 @@ def _sftp_factory(workdir: Path) -> Any:
                 self.channel.exit(0)
 
     return _WorkdirSFTP
-
-
-def _set_controlling_tty() -> None:  # runs in the child between fork and exec
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def _set_winsize(fd: int, size: tuple[int, int, int, int]) -> None:
-    width, height, pixwidth, pixheight = size
-    if width and height:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-class _OutputGate:
-    """asyncssh's reader protocol for one output of the child (stdout or stderr).
-
-    asyncssh pauses it when the channel's window is full; the trio pump waits.
-    """
-
-    def __init__(self) -> None:
-        self.open = trio.Event()  # set while the channel accepts data
-        self.open.set()
-        self.closed = False
-
-    def pause_reading(self) -> None:
-        if self.open.is_set():
-            self.open = trio.Event()
-
-    def resume_reading(self) -> None:
-        self.open.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self.open.set()
-
-    def is_closed(self) -> bool:
-        return self.closed
-
-
-class _ChildInput:
-    """asyncssh's writer protocol for the session's stdin, drained by a trio task.
-
-    asyncssh calls ``write``/``write_eof``/``write_exception``/``close``
-    synchronously from its callbacks; ``pump`` (a trio task) writes the queue
-    to the child.  Window changes and signals arrive as ``write_exception``.
-    """
-
-    def __init__(self, process: asyncssh.SSHServerProcess[bytes], pid: int, tty: int | None):
-        self._process = process
-        self._pid = pid
-        self._tty = tty
-        self._queue: list[bytes] = []  # filled by write, drained by pump
-        self._size = 0
-        self._paused = False
-        self._eof = False
-        self._wake = trio.Event()
-        self.channel_gone = trio.Event()  # close(): the channel ended
-
-    def write(self, data: bytes) -> None:
-        self._queue.append(data)
-        self._size += len(data)
-        self._wake.set()
-        if self._size > WRITE_HIGH_WATER and not self._paused:
-            self._paused = True
-            self._process.pause_feeding(None)
-
-    def write_eof(self) -> None:
-        self._eof = True
-        self._wake.set()
-
-    def write_exception(self, exc: Exception) -> None:
-        if isinstance(exc, asyncssh.TerminalSizeChanged):
-            if self._tty is not None:
-                _set_winsize(self._tty, exc.term_size)
-        elif isinstance(exc, asyncssh.SignalReceived):
-            sig = getattr(signal, f"SIG{exc.signal}", None)
-            if isinstance(sig, signal.Signals):
-                _kill_group(self._pid, sig)
-        elif isinstance(exc, asyncssh.BreakReceived):
-            _kill_group(self._pid, signal.SIGINT)
-
-    def close(self) -> None:
-        self.channel_gone.set()
-        self._wake.set()
-
-    def _resume(self) -> None:
-        if self._paused and self._size <= WRITE_LOW_WATER:
-            self._paused = False
-            self._process.resume_feeding(None)
-
-    async def pump(self, sink: trio.abc.SendStream, close_on_eof: bool) -> None:
-        """Write queued input to ``sink`` until EOF (then close it) or the channel ends."""
-        broken = False
-        while not self.channel_gone.is_set():
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._queue:
-                chunk = b"".join(self._queue)
-                self._queue.clear()
-                self._size = 0
-                self._resume()
-                if not broken:
-                    try:
-                        await sink.send_all(chunk)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        broken = True  # the child closed its stdin; discard the rest
-            if self._eof:
-                if close_on_eof:
-                    await sink.aclose()
-                return
-
-
-async def _pump_output(
-    process: asyncssh.SSHServerProcess[bytes],
-    source: trio.abc.ReceiveStream,
-    datatype: int | None,
-) -> None:
-    """Copy one child output to the channel, honouring the channel's flow control."""
-    gate = _OutputGate()
-    process.set_reader(gate, False, datatype)
-    try:
-        while not gate.closed:
-            await gate.open.wait()
-            if gate.is_closed():
-                break
-            try:
-                data = await source.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""  # a PTY master reads EIO once the terminal is hung up
-            if not data:
-                break
-            process.channel.write(cast(bytes, data), datatype)
-    finally:
-        if not gate.closed:
-            gate.closed = True
-            process.clear_reader(datatype)
-
-
-def _grow_pipe(stream: trio.abc.AsyncResource | None) -> None:
-    # Bigger pipes mean bigger reads and fewer trips through the loop.
-    fileno = getattr(stream, "fileno", None)
-    if fileno is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 # ---------------------------------------------------------------- server
@@ -730,7 +381,7 @@ class SSHServer:
             process.stderr.write(f"burrow agent: cannot start {executable}: {exc}\r\n".encode())
             process.exit(127)
             return
-        status = await self._supervise(process, child, tty)
+        status = await supervise(process, child, tty)
         if status is None:
             return  # the channel went away first; the child was hung up
         if status < 0:
@@ -742,70 +393,3 @@ class SSHServer:
         else:
             process.exit(status)
 
-    async def _supervise(
-        self, process: asyncssh.SSHServerProcess[bytes], child: trio.Process, tty: int | None
-    ) -> int | None:
-        """Pump the child's I/O until it exits and its output is drained.
-
-        Returns its status (negative: killed by that signal), or None when the
-        channel closed first (the child's process group then gets SIGHUP, and
-        SIGKILL after KILL_GRACE).
-        """
-        stdin = _ChildInput(process, child.pid, tty)
-        sink: trio.abc.SendStream
-        outputs: list[tuple[trio.abc.ReceiveStream, int | None]]
-        if tty is not None:
-            term = trio.lowlevel.FdStream(tty)  # owns and closes the master fd
-            sink, outputs = term, [(term, None)]
-            drain_timeout, close_on_eof = PTY_DRAIN_TIMEOUT, False
-        else:
-            assert child.stdin is not None
-            assert child.stdout is not None
-            assert child.stderr is not None
-            for stream in (child.stdout, child.stderr):
-                _grow_pipe(stream)
-            sink = child.stdin
-            outputs = [(child.stdout, None), (child.stderr, asyncssh.EXTENDED_DATA_STDERR)]
-            drain_timeout, close_on_eof = math.inf, True
-        drained = trio.Event()
-
-        async def pump_outputs() -> None:
-            async with trio.open_nursery() as inner:
-                for source, datatype in outputs:
-                    inner.start_soon(_pump_output, process, source, datatype)
-            drained.set()
-
-        async def hang_up_when_gone() -> None:
-            await stdin.channel_gone.wait()
-            _kill_group(child.pid, signal.SIGHUP)
-            await trio.sleep(KILL_GRACE)
-            _kill_group(child.pid, signal.SIGKILL)
-
-        try:
-            process.set_writer(stdin, True, None)
-            process.feed_recv_buf(None, stdin)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stdin.pump, sink, close_on_eof)
-                nursery.start_soon(pump_outputs)
-                nursery.start_soon(hang_up_when_gone)
-                status = await child.wait()
-                if not stdin.channel_gone.is_set():
-                    with trio.move_on_after(drain_timeout):
-                        await drained.wait()
-                nursery.cancel_scope.cancel()
-            if stdin.channel_gone.is_set():
-                return None
-            process.channel.write_eof()
-            return status
-        finally:
-            with trio.CancelScope(shield=True):
-                if child.returncode is None:
-                    _kill_group(child.pid, signal.SIGHUP)
-                    with trio.move_on_after(KILL_GRACE):
-                        await child.wait()
-                    if child.returncode is None:
-                        _kill_group(child.pid, signal.SIGKILL)
-                        await child.wait()
-                await sink.aclose()
-                for source, _ in outputs:
-                    await source.aclose()
