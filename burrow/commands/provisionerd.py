@@ -117,10 +117,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         trio.run(_serve, args, tags)
-    except Unauthorized as exc:
+    except (Unauthorized, WorkdirError) as exc:
         sys.stderr.write(f"burrow provisionerd: {exc}\n")
         return 1
     return 0
+
+
+class WorkdirError(Exception):
+    """The job work directory cannot be created (a user mistake: one line, exit 1)."""
 
 
 async def _serve(args: argparse.Namespace, tags: dict[str, str]) -> None:
@@ -134,7 +138,10 @@ async def _serve(args: argparse.Namespace, tags: dict[str, str]) -> None:
     if args.provider_mirror_dir or args.provider_mirror_url:
         mirror = Mirror(filesystem=args.provider_mirror_dir, network=args.provider_mirror_url)
     workdir = Path(args.workdir)
-    await trio.to_thread.run_sync(lambda: workdir.mkdir(parents=True, exist_ok=True))
+    try:
+        await trio.to_thread.run_sync(lambda: workdir.mkdir(parents=True, exist_ok=True))
+    except OSError as exc:
+        raise WorkdirError(f"cannot create --workdir {workdir}: {exc.strerror}") from None
     async with connector(args.url, psk=args.psk) as connect, trio.open_nursery() as nursery:
         # SIGTERM: stop like Ctrl-C, through trio cancellation, so a running
         # terraform's process group is killed rather than orphaned.

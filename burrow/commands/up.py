@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir or os.path.join(
         os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
                                                         "share"), "burrow"))
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        sys.stderr.write(f"burrow up: cannot create data directory {data_dir}: {exc.strerror}\n")
+        return 1
     opts = UpOptions(
         data_dir=data_dir, listen=args.listen, workspace=args.workspace,
         template=args.template,
