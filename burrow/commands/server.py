@@ -138,6 +138,19 @@ def run(args: argparse.Namespace) -> int:
     from coderd.store.base import StoreError
 
     config = build_config(args)
+    if config.tls_cert and config.tls_key:
+        # Checked up front: a missing or bad PEM file would otherwise surface
+        # from the listener as "cannot listen on ...".
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.tls_cert, config.tls_key
+            )
+        except OSError as exc:
+            message = exc.strerror or str(exc)
+            print(f"burrow server: cannot load --tls-cert/--tls-key: {message}", file=sys.stderr)
+            return 2
     configure_logging(config.log_format)
 
     async def main() -> None:

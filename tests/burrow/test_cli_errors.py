@@ -42,6 +42,8 @@ def burrow(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         ),
         (["up", "--data-dir", UNCREATABLE], 1,
          f"burrow up: cannot create data directory {UNCREATABLE}"),
+        (["server", "--data-dir", "DATA", "--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent",
+          "--tls-key", "/nonexistent"], 2, "burrow server: cannot load --tls-cert/--tls-key"),
         (["port-forward", "x", "--tcp", "abc"], 2, "burrow port-forward: --tcp 'abc'"),
         (["login", "not-a-url"], 2, "burrow login: not an http(s) URL"),
         (["relay", "--mesh-key-file", "/nonexistent"], 2,
@@ -53,6 +55,7 @@ def burrow(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 def test_user_mistake_is_one_line_and_an_exit_code(
     tmp_path: Path, argv: list[str], code: int, message: str
 ) -> None:
+    argv = [str(tmp_path / "data") if a == "DATA" else a for a in argv]
     result = burrow(tmp_path, *argv)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == code, result.stderr
