@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -172,9 +173,23 @@ async def _builtin_daemons(
             count=config.provisioner_daemons,
             workdir_root=data_dir / "provisioner-work",
             tags=config.provisioner_tags,
+            ssl_context=_own_certificate_context(config) if config.tls_cert else None,
         )
     )
     return config.provisioner_daemons
+
+
+def _own_certificate_context(config: ServerConfig) -> ssl.SSLContext:
+    """Client TLS for connections back to this server: trust its own certificate.
+
+    The built-in daemons dial the server's own https URL on loopback; the
+    certificate (self-signed, or a leaf of a private CA) is pinned as the trust
+    anchor, and the name is not checked since the address is our own listener.
+    """
+    ctx = ssl.create_default_context(cafile=config.tls_cert)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.check_hostname = False
+    return ctx
 
 
 async def _expire_keys(store: Store, every: float = 3600.0) -> None:

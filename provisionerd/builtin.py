@@ -7,6 +7,7 @@ internal pre-shared key the server generated.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,7 @@ async def run_builtin_daemons(
     mirror: Mirror | None = None,
     heartbeat_interval: float = 3.0,
     variables: Mapping[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[ProvisionerDaemon]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``count`` daemons until cancelled.
@@ -36,14 +38,18 @@ async def run_builtin_daemons(
     has been welcomed by coderd (so a server can report them ready).
     ``variables`` are template variable defaults for every job (e.g.
     ``{"data_dir": ...}`` for ``templates/local``; ``burrow_binary`` defaults
-    to the ``burrow`` beside the running Python).
+    to the ``burrow`` beside the running Python).  ``ssl_context`` verifies
+    an https ``url`` (the server passes one that trusts its own certificate).
 
     Raises:
         Unauthorized: coderd refused ``psk`` (a wiring bug in the server).
         ValueError: bad ``url``.
     """
     await trio.to_thread.run_sync(lambda: workdir_root.mkdir(parents=True, exist_ok=True))
-    async with connector(url, psk=psk) as connect, trio.open_nursery() as nursery:
+    async with (
+        connector(url, psk=psk, ssl_context=ssl_context) as connect,
+        trio.open_nursery() as nursery,
+    ):
         daemons = [
             ProvisionerDaemon(
                 connect,

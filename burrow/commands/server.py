@@ -156,13 +156,19 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         # SIGINT/SIGTERM cancel everything, so shutdown runs through the
         # ordinary cancellation path (connections closed, database closed).
+        # The signal is watched from the start, not only once the server is
+        # ready: a start-up that never completes must still stop on SIGTERM.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
                 url = await nursery.start(run_server, config)
                 print(f"burrow server listening on {url}", flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
         print("burrow server stopped", file=sys.stderr, flush=True)
 
     try:
