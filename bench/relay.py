@@ -5,6 +5,9 @@ One run measures, against baselines taken in the same run:
 * direct TCP (driver -> echo/sink process),
 * socat (``-b65536``) between the driver and the same echo/sink process,
 * a naive trio relay (two copy loops, 64 KiB reads): the floor for Python,
+* a naive threaded DERP relay (``bench/naive_relay.py``: blocking sockets, a
+  thread per client, read a frame and ``sendall`` it): the bar burrow's relay
+  must clear by design, not only the floor of copying bytes,
 * burrow's DERP relay: raw DERP on TCP (the server core, no HTTP), over the
   HTTP upgrade on ``/derp`` and over WebSocket (when ``relay.node`` exists).
 
@@ -45,6 +48,7 @@ PACKET = 64 << 10
 WINDOW = 64  # DERP packets in flight (4 MiB), acknowledged every ACK_EVERY
 ACK_EVERY = 16
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
+NAIVE = "naive threaded DERP relay"
 
 
 @dataclass
@@ -127,6 +131,12 @@ async def _role_relay_http(private_hex: str) -> None:
         _announce(url.rsplit(":", 1)[1])
 
 
+def _role_relay_naive(private_hex: str) -> None:
+    from bench.naive_relay import serve
+
+    serve(key_from_hex(private_hex), _announce)
+
+
 def _dialer(transport: str, port: int) -> Dial:
     if transport == "raw":
 
@@ -189,6 +199,8 @@ def _run_role(argv: list[str]) -> None:
         trio.run(_role_trio_forward, int(args[0]))
     elif role == "relay-raw":
         trio.run(_role_relay_raw, args[0])
+    elif role == "relay-naive":
+        _role_relay_naive(args[0])
     elif role == "relay-http":
         trio.run(_role_relay_http, args[0])
     elif role == "derp-peer":
@@ -466,6 +478,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results.append(measure_tcp("naive trio relay", int(fwd.line()), args))
 
     with children() as kids:
+        relay = Child("relay-naive", generate_private_key().hex())
+        kids.append(relay)
+        results.append(measure_derp(NAIVE, "raw", int(relay.line()), args))
+    with children() as kids:
         relay = Child("relay-raw", generate_private_key().hex())
         kids.append(relay)
         results.append(measure_derp("burrow DERP, raw TCP", "raw", int(relay.line()), args))
@@ -523,6 +539,7 @@ def table(report: dict[str, Any]) -> str:
     rows = report["results"]
     direct = rows[0]
     socat = next((r for r in rows if r["path"].startswith("socat") and r["rtt_p50_us"]), None)
+    naive = next((r for r in rows if r["path"] == NAIVE and r["rtt_p50_us"]), None)
 
     def ratio(value: float | None, base: dict[str, Any] | None, key: str) -> str:
         if value is None or base is None or not base.get(key):
@@ -531,7 +548,8 @@ def table(report: dict[str, Any]) -> str:
 
     lines = [
         f"{'path':28} {'RTT p50':>9} {'RTT p99':>9} {'Mbit/s':>9} "
-        f"{'p50/TCP':>8} {'p50/socat':>9} {'tput/TCP':>9} {'tput/socat':>10}",
+        f"{'p50/TCP':>8} {'p50/socat':>9} {'tput/TCP':>9} {'tput/socat':>10} "
+        f"{'p50/naive':>9} {'tput/naive':>10}",
     ]
     for r in rows:
         if r["rtt_p50_us"] is None:
@@ -543,7 +561,9 @@ def table(report: dict[str, Any]) -> str:
             f"{ratio(r['rtt_p50_us'], direct, 'rtt_p50_us'):>8} "
             f"{ratio(r['rtt_p50_us'], socat, 'rtt_p50_us'):>9} "
             f"{ratio(r['throughput_mbit'], direct, 'throughput_mbit'):>9} "
-            f"{ratio(r['throughput_mbit'], socat, 'throughput_mbit'):>10}"
+            f"{ratio(r['throughput_mbit'], socat, 'throughput_mbit'):>10} "
+            f"{ratio(r['rtt_p50_us'], naive, 'rtt_p50_us'):>9} "
+            f"{ratio(r['throughput_mbit'], naive, 'throughput_mbit'):>10}"
         )
     for m in report["memory"]:
         lines.append(

@@ -24,6 +24,7 @@ def test_bench_relay_runs_and_reports_json() -> None:
     paths = [r["path"] for r in report["results"]]
     assert paths[0] == "direct TCP"
     assert "burrow DERP, raw TCP" in paths
+    assert "naive threaded DERP relay" in paths
     measured = [r for r in report["results"] if r["rtt_p50_us"] is not None]
     for r in measured:
         assert r["rtt_p50_us"] > 0
