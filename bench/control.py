@@ -36,7 +36,6 @@ import re
 import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+from bench.netutil import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = REPO / "templates" / "local"
@@ -76,12 +77,6 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     if not s:
         return 0.0, 0.0
     return s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.99))]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -113,7 +108,7 @@ def postgres() -> Iterator[str]:
             _as_postgres([initdb, "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]),
             check=True, capture_output=True, timeout=120,
         )
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             _as_postgres([
                 os.path.join(PG_BIN, "postgres"), "-D", data, "-p", str(port), "-k", tmp,

@@ -39,6 +39,7 @@ from typing import Any
 
 import trio
 
+from bench.netutil import free_port
 from derp import frames as fr
 from derp.conn import DerpConn
 from derp.keys import generate_private_key, key_from_hex, public_key
@@ -455,7 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         echo_port = int(echo.line())
         results.append(measure_tcp("direct TCP", echo_port, args))
         if shutil.which("socat"):
-            socat_port = _free_port()
+            socat_port = free_port()
             proc = subprocess.Popen(
                 [
                     "socat",
@@ -512,15 +513,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
         },
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_port(port: int, timeout: float = 10) -> None:

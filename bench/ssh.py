@@ -55,6 +55,8 @@ from typing import Any
 
 import trio
 
+from bench.netutil import free_port
+
 SHELL = "/bin/bash"
 SSHD = "/usr/sbin/sshd"
 # Options every client run shares (no user config, no host key prompts).
@@ -134,12 +136,6 @@ class Procs:
                     proc.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
                    check=True, capture_output=True, timeout=30)
@@ -155,7 +151,7 @@ def start_sshd(procs: Procs, tmp: Path, client_key: Path) -> int:
         raise BenchError(f"{SSHD} not found (Debian's openssh-server)")
     host_key = tmp / "sshd_host_key"
     _keygen(host_key)
-    port = _free_port()
+    port = free_port()
     config = tmp / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"

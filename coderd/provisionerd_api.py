@@ -38,7 +38,7 @@ from coderd.pubsub import JOBS, Pubsub, Subscription, job_logs_channel
 from coderd.store.base import Conflict, Job, NotFound, Store, StoreError
 from coderd.store.base import LogLine as StoredLogLine
 from provisionerd import protocol
-from relay.http import Request, Response, Upgrade
+from web.http import Request, Response, Upgrade
 
 log = logging.getLogger("burrow.coderd.provisionerd")
 

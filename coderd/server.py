@@ -36,10 +36,10 @@ from coderd.deps import Coderd, use
 from coderd.store.base import Store, StoreError
 from coderd.store.factory import open_store
 from derp.keys import key_to_hex
-from relay.frontdoor import FrontDoor
-from relay.http import Request, Response, Upgrade
-from relay.listener import serve_http
 from relay.node import RelayConfig, RelayNode
+from web.frontdoor import FrontDoor
+from web.http import Request, Response, Upgrade
+from web.listener import serve_http
 
 log = logging.getLogger("burrow.server")
 

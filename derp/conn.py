@@ -28,7 +28,7 @@ from derp import frames as fr
 from derp.errors import DerpConnectionClosed, DerpProtocolError, DerpTimeoutError
 from derp.handshake import build_client_info, open_server_info
 from derp.keys import check_key, public_key
-from derp.prefixed import PrefixedStream
+from web.prefixed import PrefixedStream
 
 Event = (
     fr.RecvPacket

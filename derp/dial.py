@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import trio
 
 from derp.errors import DerpError
-from derp.prefixed import PrefixedStream
 from derp.upgrade import (
     Http2Only,
     Outcome,
@@ -28,6 +27,7 @@ from derp.upgrade import (
     websocket_request,
 )
 from derp.websocket import WebSocketStream, new_client_key
+from web.prefixed import PrefixedStream
 
 _RECEIVE = 65536
 

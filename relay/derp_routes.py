@@ -14,8 +14,8 @@ from __future__ import annotations
 from derp.keys import key_to_hex
 from derp.server import DerpServer
 from derp.websocket import WebSocketStream
-from relay.frontdoor import FrontDoor
-from relay.http import Handler, Request, Response, Upgrade
+from web.frontdoor import FrontDoor
+from web.http import Handler, Request, Response, Upgrade
 
 PROBE_PATHS = ("/derp/probe", "/derp/latency-check")
 

@@ -21,8 +21,8 @@ from derp.dial import dial, parse_url
 from derp.keys import generate_private_key, key_to_hex
 from derp.server import DerpServer
 from relay.derp_routes import mount_derp
-from relay.frontdoor import FrontDoor
-from relay.listener import parse_listen, serve_http
+from web.frontdoor import FrontDoor
+from web.listener import parse_listen, serve_http
 
 log = logging.getLogger("burrow.relay")
 

@@ -12,7 +12,7 @@ from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.deps import Coderd
 from coderd.store.base import Agent, AgentLogLine, Role, Workspace
-from relay.http import Response
+from web.http import Response
 
 
 def relay_map(cd: Coderd) -> dict[str, Any]:

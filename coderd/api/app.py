@@ -7,7 +7,7 @@ import platform
 from coderd.api import agents, builds, coordinate, templates, users, workspaces
 from coderd.api.router import PUBLIC, Call, Route, Router, openapi
 from coderd.deps import Coderd
-from relay.http import Response
+from web.http import Response
 
 VERSION = "0.1.0"
 

@@ -11,7 +11,7 @@ from coderd.api.schema import ApiError
 from coderd.auth import has_role
 from coderd.builds import on_job_completed
 from coderd.store.base import Build, JobStatus, Role
-from relay.http import Response
+from web.http import Response
 
 MAX_WAIT = 30.0
 RECHECK = 1.0  # pubsub messages are hints: look again this often anyway

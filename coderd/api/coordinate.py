@@ -21,7 +21,7 @@ from coderd.coordinator import (
     channel,
     parse_peer_message,
 )
-from relay.http import Response
+from web.http import Response
 
 log = logging.getLogger("burrow.coderd.coordinator")
 CLOSE_POLICY = 1008

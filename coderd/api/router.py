@@ -22,7 +22,7 @@ from coderd import auth
 from coderd.api.schema import ApiError, Schema, parse_json_body, schema_openapi
 from coderd.deps import Coderd
 from coderd.store.base import Agent, Conflict, NotFound, Role, StoreError
-from relay.http import Request, Response, Upgrade
+from web.http import Request, Response, Upgrade
 
 log = logging.getLogger("burrow.coderd.api")
 

@@ -9,7 +9,7 @@ from coderd.api.router import AUTHENTICATED, Call, Route
 from coderd.api.schema import ApiError
 from coderd.archive import MAX_UPLOAD, ArchiveError, check_template_archive
 from coderd.store.base import Conflict, Role, Template
-from relay.http import Response
+from web.http import Response
 
 TEMPLATE_NAME = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
 TAG = r"[A-Za-z0-9_.-]{1,64}"

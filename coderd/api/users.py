@@ -10,7 +10,7 @@ from coderd.api import views
 from coderd.api.router import AUTHENTICATED, PUBLIC, Call, Route, optional_auth
 from coderd.api.schema import ApiError, Field
 from coderd.store.base import Conflict, Role
-from relay.http import Response
+from web.http import Response
 
 USERNAME = r"[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?"
 EMAIL = r"[^@\s]{1,64}@[^@\s]{1,190}"

@@ -8,7 +8,7 @@ from coderd.api.router import AUTHENTICATED, Call, Route
 from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.store.base import Role, Workspace
-from relay.http import Response
+from web.http import Response
 
 WORKSPACE_NAME = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
 

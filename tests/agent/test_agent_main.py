@@ -412,9 +412,9 @@ def test_direct_endpoint_advertises_a_reachable_address_for_a_wildcard_bind() ->
 
 
 async def test_agent_ends_when_the_coordinator_keeps_refusing_its_token(tmp_path: Path) -> None:
-    from relay.frontdoor import FrontDoor
-    from relay.http import Request, Response, Upgrade
-    from relay.listener import serve_http
+    from web.frontdoor import FrontDoor
+    from web.http import Request, Response, Upgrade
+    from web.listener import serve_http
 
     attempts: list[str] = []
 

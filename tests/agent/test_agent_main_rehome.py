@@ -23,13 +23,13 @@ import trio_websocket
 from agent.run import Agent, AgentOptions
 from derp.client import DerpClient
 from derp.keys import generate_private_key
-from relay.frontdoor import FrontDoor
-from relay.http import Request, Response, Upgrade
-from relay.listener import serve_http
 from tests.relay.relay_procs import RelayProcess
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
 from tunnel.handshake import public_key
+from web.frontdoor import FrontDoor
+from web.http import Request, Response, Upgrade
+from web.listener import serve_http
 
 
 async def _echo(stream: trio.SocketStream) -> None:

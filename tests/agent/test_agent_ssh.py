@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ import trio_asyncio
 
 from agent.ssh_adapter import HostKeyError, SSHServer, asyncio_loop, load_or_create_host_key
 from tests.agent.agent_procs import alive
+from tests.netutil import free_port
 
 SSH = shutil.which("ssh")
 SCP = shutil.which("scp")
@@ -84,13 +84,6 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
         yield Server(ssh, listeners[0].socket.getsockname()[1], workdir)
         nursery.cancel_scope.cancel()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_exit_status_stdout_and_stderr_are_separate(server: Server) -> None:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -29,6 +28,7 @@ import pytest
 import trio
 
 from tests.burrow.access_world import World, in_test_agent, running_world
+from tests.netutil import free_port
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed"),
@@ -129,7 +129,7 @@ async def test_openssh_through_proxycommand(world: World, tmp_path: Path) -> Non
         # ssh -L to an HTTP server "in the workspace"
         async with trio.open_nursery() as nursery:
             http_port = await _http_server(nursery)
-            local = _free_port()
+            local = free_port()
             fwd = await trio.lowlevel.open_process(
                 [*ssh, "-N", "-o", "ExitOnForwardFailure=yes",
                  "-L", f"127.0.0.1:{local}:127.0.0.1:{http_port}", "burrow.dev"],
@@ -275,12 +275,6 @@ def _report_lifecycle(world: World, state: str) -> None:
     _post_agent(world, "/lifecycle", {"state": state})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _http_server(nursery: trio.Nursery) -> int:
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
@@ -316,7 +310,7 @@ async def test_port_forward_concurrent_requests_survive_an_agent_restart(
     re-announces it) and the same port-forward process carries 8 more."""
     async with trio.open_nursery() as nursery:
         http_port = await _http_server(nursery)
-        local, dead_local, dead_remote = _free_port(), _free_port(), _free_port()
+        local, dead_local, dead_remote = free_port(), free_port(), free_port()
         # started before any agent: it waits for one
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "burrow.cli", "port-forward", "dev",
@@ -406,7 +400,7 @@ async def test_transfers_survive_server_and_relay_restarts(tmp_path: Path) -> No
     """The relay (embedded in burrow server) is stopped and started again in the middle of
     an upload through OpenSSH + ProxyCommand; the upload completes, sha256 equal.  Then a
     port-forward outlives a server restart and an agent restart after it."""
-    port = _free_port()
+    port = free_port()
     with running_world(tmp_path / "w", listen=f"127.0.0.1:{port}") as world:
         cfg = _ssh_config(world)
         workdir = tmp_path / "ws"
@@ -445,7 +439,7 @@ async def test_transfers_survive_server_and_relay_restarts(tmp_path: Path) -> No
         # an agent that comes back afterwards (new key) learns it and serves it.
         async with trio.open_nursery() as nursery:
             http_port = await _http_server(nursery)
-            local = _free_port()
+            local = free_port()
             async with in_test_agent(world, ssh_workdir=workdir):
                 fwd = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "burrow.cli", "port-forward", "dev",

@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 from burrow.cli import COMMANDS
 from tests.burrow.access_world import World, _start_server, _stop
 from tests.burrow.server_proc import cli_env
+from tests.netutil import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,19 +103,13 @@ def test_readme_flow_with_a_real_agent(tmp_path: Path) -> None:
         _port_forward_to_an_http_server(world, tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _port_forward_to_an_http_server(world: World, tmp: Path) -> None:
     """burrow port-forward to an HTTP server listening on localhost in the workspace."""
     site = tmp / "site"
     site.mkdir()
     for i in range(6):
         (site / f"f{i}.txt").write_text(f"file {i}\n" * 1000)
-    http_port, local = _free_port(), _free_port()
+    http_port, local = free_port(), free_port()
     http = subprocess.Popen([sys.executable, "-m", "http.server", str(http_port), "--bind",
                              "127.0.0.1", "--directory", str(site)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,7 +13,7 @@ import trio_websocket
 from coderd.api.app import make_router
 from coderd.api.router import Router
 from coderd.deps import Coderd
-from relay.http import Request
+from web.http import Request
 
 
 class NoUpgrade:

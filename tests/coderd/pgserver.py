@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
+
+from tests.netutil import free_port
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -40,12 +41,6 @@ class PgServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -70,7 +65,7 @@ def run_pg_server() -> Iterator[PgServer]:
         capture_output=True,
         timeout=120,
     )
-    port = _free_port()
+    port = free_port()
     log = open(os.path.join(tmp, "postgres.log"), "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         _as_postgres(

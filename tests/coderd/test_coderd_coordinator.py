@@ -15,9 +15,9 @@ from coderd.api.app import make_router
 from coderd.coordinator import CoordinatorError, Event, parse_peer_message, validate_node
 from coderd.deps import Coderd
 from coderd.store.factory import open_store
-from relay.frontdoor import FrontDoor
-from relay.listener import serve_http
 from tests.coderd.apihelp import MAIN_TF, Api, tar_of
+from web.frontdoor import FrontDoor
+from web.listener import serve_http
 
 NODE_A = {"key": "a" * 64, "home_region": 1, "region_latency_ms": {"1": 0.4},
           "endpoints": ["127.0.0.1:41641"]}

@@ -202,9 +202,9 @@ class FreezingStream(trio.abc.Stream):
 
 async def test_relay_that_stops_reading_is_abandoned_after_write_timeout() -> None:
     from derp.server import DerpServer
-    from relay.frontdoor import FrontDoor
-    from relay.http import Request, Response, Upgrade
-    from relay.listener import serve_http
+    from web.frontdoor import FrontDoor
+    from web.http import Request, Response, Upgrade
+    from web.listener import serve_http
 
     server = DerpServer(generate_private_key())
     freeze = trio.Event()
@@ -280,9 +280,9 @@ async def test_send_order_kept_when_the_socket_fills() -> None:
     """Sends written straight to the socket and sends queued behind a partial
     write (the relay reads slowly: rate limit) arrive complete and in order."""
     from derp.server import DerpServer
-    from relay.frontdoor import FrontDoor
-    from relay.http import Request, Response, Upgrade
-    from relay.listener import serve_http
+    from web.frontdoor import FrontDoor
+    from web.http import Request, Response, Upgrade
+    from web.listener import serve_http
 
     server = DerpServer(generate_private_key(), rate_limit=16 << 20, rate_burst=1 << 20)
 

@@ -230,7 +230,7 @@ async def test_plain_socket_fast_paths_respect_replayed_bytes() -> None:
     """On plain TCP DerpConn reads and writes the socket directly; bytes a
     PrefixedStream still replays come first, then the socket's, in order."""
     from derp.conn import raw_socket, replays_bytes
-    from derp.prefixed import PrefixedStream
+    from web.prefixed import PrefixedStream
 
     left, right = trio.socket.socketpair()
     ours, theirs = trio.SocketStream(left), trio.SocketStream(right)

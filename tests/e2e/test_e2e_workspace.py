@@ -28,13 +28,13 @@ from tests.e2e.e2e_site import (
     SCRIPTED,
     Site,
     create_scripted,
-    free_port,
     http_get,
     kill_agents,
     sha,
     start_server,
     stop,
 )
+from tests.netutil import free_port
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed"),

@@ -30,8 +30,8 @@ from coderd.store.factory import Opened, open_store
 from provisionerd import archive, protocol
 from provisionerd.client import connector
 from provisionerd.daemon import ProvisionerDaemon, Unauthorized
-from relay.frontdoor import FrontDoor
-from relay.listener import serve_http
+from web.frontdoor import FrontDoor
+from web.listener import serve_http
 
 pytestmark = pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not installed")
 

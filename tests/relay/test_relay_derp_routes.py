@@ -13,8 +13,8 @@ import trio
 
 from derp.client import DerpClient, Packet
 from derp.keys import generate_private_key, key_to_hex
-from relay.listener import parse_listen
 from relay.node import RelayConfig, RelayNode
+from web.listener import parse_listen
 
 sys.path.insert(0, str(Path(__file__).parent))
 from relay_procs import make_cert

@@ -12,7 +12,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from derp.client import DerpClient
+from tests.netutil import free_port
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
 from tunnel.handshake import generate_private_key
@@ -147,12 +147,6 @@ async def test_direct_path_appears_then_dies_mid_transfer() -> None:
         assert session is not None
         assert session.path_changes >= 2
         nursery.cancel_scope.cancel()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Relay:

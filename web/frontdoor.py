@@ -1,4 +1,4 @@
-"""The relay's HTTP/1.1 front door: one h11 keep-alive loop per connection.
+"""burrow's HTTP/1.1 front door: one h11 keep-alive loop per connection.
 
 Theory of operation.  ``serve_stream`` drives an ``h11.Connection`` over any
 ``trio.abc.Stream``.  For each request it reads the head, routes the path to
@@ -41,10 +41,10 @@ import trio
 import trio_websocket
 from wsproto.utilities import generate_accept_token
 
-from derp.prefixed import PrefixedStream
-from relay.http import Handler, Request, Response
+from web.http import Handler, Request, Response
+from web.prefixed import PrefixedStream
 
-log = logging.getLogger("burrow.relay.http")
+log = logging.getLogger("burrow.web.http")
 
 RECEIVE_SIZE = 65536
 MAX_HEAD = 64 * 1024  # h11's limit on a request head; also bounds the replay copy

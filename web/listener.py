@@ -7,7 +7,7 @@ from functools import partial
 
 import trio
 
-from relay.frontdoor import FrontDoor
+from web.frontdoor import FrontDoor
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -13,9 +13,9 @@ import trio_websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.frontdoor import FrontDoor
-from relay.http import Request, Response, Upgrade
-from relay.listener import parse_listen, serve_http
+from web.frontdoor import FrontDoor
+from web.http import Request, Response, Upgrade
+from web.listener import parse_listen, serve_http
 
 
 async def hello(req: Request, up: Upgrade) -> Response:

@@ -1,7 +1,7 @@
-"""Handler types of the relay's HTTP/1.1 front door.
+"""Handler types of burrow's HTTP/1.1 front door.
 
 A handler is an async function ``(Request, Upgrade) -> Response | None``.  The
-front door (``relay.frontdoor.FrontDoor``) reads the whole request body (bounded
+front door (``web.frontdoor.FrontDoor``) reads the whole request body (bounded
 by the mount's ``max_body``) before calling it, so handlers never touch the
 socket unless they take the connection over through ``Upgrade``.  A handler
 returns ``None`` only after it called one of the ``accept_*`` methods; the
