@@ -23,6 +23,10 @@ connection closes once both directions have passed their EOF, or at once
 when either side breaks.  The per-chunk Python work is a few arithmetic
 operations, so one core carries far more than 200 Mbit/s.
 
+Timers: trio's sleeps wake ~0.5-1 ms late on this machine, so each crossing
+adds that much on top of the configured delay (never less than it).  Compare
+against the link's own measured RTT, not the configured one.
+
 What it does not model: the link terminates TCP on both sides, so the
 endpoints' kernel TCP sees a loopback peer (no slow start or window limit at
 the emulated RTT).  Windows the applications run end to end (the tunnel's

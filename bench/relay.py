@@ -67,8 +67,9 @@ def _announce(value: object) -> None:
 
 async def _role_echo_sink() -> None:
     """TCP peer, by the first byte: R = echo everything; T = count until EOF then reply
-    the count; U = the same, replying count, first- and last-byte ``perf_counter_ns``
-    (8 bytes each: receiver-side timing); D + 8-byte N = send N zero bytes, then EOF."""
+    the count; U = the same, replying count, first- and last-byte ``perf_counter_ns`` and
+    the first read's size (8 bytes each: receiver-side timing); D + 8-byte N = send N
+    zero bytes, then EOF."""
 
     async def handle(stream: trio.SocketStream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -77,20 +78,21 @@ async def _role_echo_sink() -> None:
                 while data := await stream.receive_some(1 << 16):
                     await stream.send_all(data)
             elif mode in (b"T", b"U"):
-                total = first = 0
+                total = first = head = 0
                 while data := await stream.receive_some(1 << 18):
                     if not total:
-                        first = time.perf_counter_ns()
+                        first, head = time.perf_counter_ns(), len(data)
                     total += len(data)
                 reply = total.to_bytes(8, "big")
                 if mode == b"U":
-                    reply += first.to_bytes(8, "big") + time.perf_counter_ns().to_bytes(8, "big")
+                    for value in (first, time.perf_counter_ns(), head):
+                        reply += value.to_bytes(8, "big")
                 await stream.send_all(reply)
             elif mode == b"D":
-                head = b""
-                while len(head) < 8 and (data := await stream.receive_some(8 - len(head))):
-                    head += data
-                left = int.from_bytes(head, "big")
+                count = b""
+                while len(count) < 8 and (data := await stream.receive_some(8 - len(count))):
+                    count += data
+                left = int.from_bytes(count, "big")
                 block = bytes(1 << 18)
                 while left > 0:
                     await stream.send_all(block[:left])

@@ -29,6 +29,10 @@ same RTT; a 64-byte echo (p50/p99) through the tunnel vs through the link;
 ``scp`` of ``--mib`` MiB (wall time, and ``ssh true`` for the set-up).  Every
 row checks which link carried its bytes (the ``via`` column).
 
+The keystroke table sets the tunnel's echo beside the link's own measured
+echo: each crossing of the emulator adds ~0.5-1 ms of timer lateness, and a
+relayed echo crosses the link twice as often as the plain one.
+
 The link terminates TCP (see ``bench.link``): plain TCP through it runs at the
 line rate at any RTT, the ceiling, while windows that applications run end to
 end (the tunnel's flow control, SSH channel windows) feel the full delay.
@@ -236,8 +240,13 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
 # ---------------------------------------------------------------- measurements
 
 
-async def _upload(port: int, size: int) -> tuple[int, int]:
-    """Send ``size`` bytes in mode U; the receiver's (first, last) byte times in ns.
+# A transfer as its receiver saw it: first and last read times (ns) and the size of
+# the first read, which arrived at the first instant and so is not part of the rate.
+Span = tuple[int, int, int]
+
+
+async def _upload(port: int, size: int) -> Span:
+    """Send ``size`` bytes in mode U; the receiver's ``Span``.
 
     Raises:
         BenchError: the receiver counted a different number of bytes.
@@ -252,35 +261,40 @@ async def _upload(port: int, size: int) -> tuple[int, int]:
             left -= len(block)
         await stream.send_eof()
         reply = b""
-        while len(reply) < 24 and (data := await stream.receive_some(24 - len(reply))):
+        while len(reply) < 32 and (data := await stream.receive_some(32 - len(reply))):
             reply += data
-    if len(reply) < 24 or int.from_bytes(reply[:8], "big") != size:
+    if len(reply) < 32 or int.from_bytes(reply[:8], "big") != size:
         raise BenchError(f"upload through port {port}: receiver got {reply[:8]!r}")
-    return int.from_bytes(reply[8:16], "big"), int.from_bytes(reply[16:], "big")
+    first, last, head = (int.from_bytes(reply[i:i + 8], "big") for i in (8, 16, 24))
+    return first, last, head
 
 
-async def _download(port: int, size: int) -> tuple[int, int]:
-    """Receive ``size`` bytes in mode D; (first, last) byte times in ns.
+async def _download(port: int, size: int) -> Span:
+    """Receive ``size`` bytes in mode D; this end's ``Span``.
 
     Raises:
         BenchError: a different number of bytes arrived.
     """
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    got = first = 0
+    got = first = head = 0
     async with stream:
         await stream.send_all(b"D" + size.to_bytes(8, "big"))
         while data := await stream.receive_some(1 << 18):
             if not got:
-                first = time.perf_counter_ns()
+                first, head = time.perf_counter_ns(), len(data)
             got += len(data)
     if got != size:
         raise BenchError(f"download through port {port}: {got} of {size} bytes")
-    return first, time.perf_counter_ns()
+    return first, time.perf_counter_ns(), head
 
 
 async def throughput(port: int, size: int, streams: int, upload: bool) -> float:
-    """MB/s over ``streams`` concurrent connections carrying ``size`` bytes in all."""
-    spans: list[tuple[int, int]] = []
+    """MB/s over ``streams`` concurrent connections carrying ``size`` bytes in all.
+
+    From the first byte any receiver saw to the last; the first read of the
+    earliest stream is not counted (it took no time to arrive).
+    """
+    spans: list[Span] = []
     each = max(1, size // streams)
 
     async def one() -> None:
@@ -290,8 +304,9 @@ async def throughput(port: int, size: int, streams: int, upload: bool) -> float:
         async with trio.open_nursery() as nursery:
             for _ in range(streams):
                 nursery.start_soon(one)
-    elapsed = max(last for _, last in spans) - min(first for first, _ in spans)
-    return each * streams / max(elapsed, 1000) * 1e3
+    start, _, head = min(spans)
+    elapsed = max(last for _, last, _ in spans) - start
+    return (each * streams - head) / max(elapsed, 1000) * 1e3
 
 
 async def echo_ms(port: int, count: int) -> tuple[float, float]:
