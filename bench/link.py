@@ -35,7 +35,9 @@ delay: that is what this link exists to measure.
 
 Library: ``port = await nursery.start(Link(target, shape).serve)``, or
 ``async with open_link(target, shape) as link: link.port``; assigning
-``link.shape`` changes the link for chunks read from then on.  Command line:
+``link.shape`` changes the link for chunks read from then on.  Each accepted
+connection gets its own pair of directions: its own bottleneck.  From another
+process: ``LinkProcess(target_port)`` runs the command line below as a child.  Command line:
 ``python -m bench link --listen 127.0.0.1:0 --target HOST:PORT --delay-ms 60
 --rate-mbit 200`` (``--control`` reads ``set``/``stats`` lines on stdin).
 """
@@ -46,6 +48,8 @@ import argparse
 import contextlib
 import os
 import random
+import select
+import subprocess
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -319,6 +323,76 @@ async def _serve_cli(link: Link, control: bool) -> None:
         if control:
             await _control(link)
             nursery.cancel_scope.cancel()
+
+
+class LinkProcess:
+    """A ``python -m bench link --control`` child process in front of ``127.0.0.1:target``.
+
+    Attributes:
+        port: the link's listening port.
+    """
+
+    def __init__(self, target: int) -> None:
+        """Start it and read its port.
+
+        Raises:
+            RuntimeError: it did not report its port within 30 s.
+        """
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench", "link", "--target", f"127.0.0.1:{target}",
+             "--control"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.port = int(self._line().rsplit(":", 1)[1])
+        except BaseException:
+            self.close()
+            raise
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline().strip() if ready else ""
+        if not line:
+            raise RuntimeError("a bench link process did not answer")
+        return line
+
+    def _ask(self, command: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+    def set(self, **settings: float) -> None:
+        """Reshape the link: ``set(delay_ms=30, rate_mbit=200)``.
+
+        Raises:
+            RuntimeError: the link refused a setting or did not answer.
+        """
+        words = " ".join(f"{k.replace('_', '-')}={v}" for k, v in settings.items())
+        reply = self._ask(f"set {words}")
+        if reply != "ok":
+            raise RuntimeError(f"bench link: {reply}")
+
+    def carried(self) -> int:
+        """Bytes carried both ways so far.
+
+        Raises:
+            RuntimeError: the link did not answer.
+        """
+        fields = dict(w.split("=") for w in self._ask("stats").split())
+        return int(fields["forward"]) + int(fields["back"])
+
+    def close(self) -> None:
+        """Stop it (EOF on its stdin, then by PID if need be)."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def main(argv: list[str]) -> int:

@@ -55,6 +55,7 @@ from typing import Any
 
 import trio
 
+from bench.link import LinkProcess
 from bench.relay import Child, _percentiles, echo_rtt_samples
 from bench.ssh import (
     CLIENT_OPTS,
@@ -78,41 +79,6 @@ def _say(text: str) -> None:
 
 
 # ---------------------------------------------------------------- child processes
-
-
-class LinkProc:
-    """A ``python -m bench link --control`` child process in front of ``target``."""
-
-    def __init__(self, procs: Procs, target: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench", "link", "--target", f"127.0.0.1:{target}",
-             "--control"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        procs.items.append(self.proc)
-        self.port = int(self._line().rsplit(":", 1)[1])
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline().strip() if ready else ""
-        if not line:
-            raise BenchError("a bench link process did not answer")
-        return line
-
-    def _ask(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
-    def shape(self, rtt_ms: float, rate_mbit: float) -> None:
-        reply = self._ask(f"set delay-ms={rtt_ms / 2} rate-mbit={rate_mbit}")
-        if reply != "ok":
-            raise BenchError(f"bench link: {reply}")
-
-    def carried(self) -> int:
-        """Bytes carried both ways so far."""
-        fields = dict(w.split("=") for w in self._ask("stats").split())
-        return int(fields["forward"]) + int(fields["back"])
 
 
 def _agent(argv: list[str]) -> int:
@@ -158,7 +124,7 @@ def _await_line(proc: subprocess.Popen[str], word: str, timeout: float = 60) -> 
 @dataclass
 class Lab:
     env: dict[str, str]
-    links: dict[str, LinkProc]
+    links: dict[str, LinkProcess]
     echo_port: int
     forwards: dict[str, int]  # workspace -> local port of its `burrow port-forward`
     ssh_config: Path
@@ -181,10 +147,11 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
     stack.callback(echo.close)
     echo_port = int(echo.line())
     server_port, direct_port = _free_port(), _free_port()
-    links = {"echo": LinkProc(procs, echo_port), "server": LinkProc(procs, server_port),
-             "direct": LinkProc(procs, direct_port), "sshd": LinkProc(procs, sshd_port)}
+    links = {"echo": LinkProcess(echo_port), "server": LinkProcess(server_port),
+             "direct": LinkProcess(direct_port), "sshd": LinkProcess(sshd_port)}
     for link in links.values():
-        link.shape(0, rate)
+        stack.callback(link.close)
+        link.set(rate_mbit=rate)
     url = f"http://127.0.0.1:{links['server'].port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
     env["BURROW_CONFIG_DIR"] = str(tmp / "config")
@@ -339,8 +306,22 @@ def _via(lab: Lab, before: dict[str, int], size: int) -> str:
     return "?"
 
 
-async def measure_rtt(lab: Lab, rtt: float, args: argparse.Namespace) -> dict[str, Any]:
-    size = args.mib << 20
+async def measure_echoes(lab: Lab, rtt: float, count: int) -> dict[str, float]:
+    """64-byte echoes through the link alone, the relay and the direct path (ms).
+
+    Run first at each RTT, so the tunnel has seen the new RTT before the transfers.
+    """
+    _say(f"RTT {rtt:g} ms: 64-byte echoes")
+    keys: dict[str, float] = {}
+    for name, port in (("link", lab.links["echo"].port), ("relay", lab.forwards["relay"]),
+                       ("direct", lab.forwards["direct"])):
+        keys[f"{name}_p50_ms"], keys[f"{name}_p99_ms"] = await echo_ms(port, count)
+    return keys
+
+
+async def measure_transfers(lab: Lab, rtt: float, mib: int) -> list[dict[str, Any]]:
+    """Up and down on each path, with ratios to plain TCP through the same link."""
+    size = mib << 20
     rows: list[dict[str, Any]] = []
     paths = [("plain TCP", lab.links["echo"].port, 1),
              ("relay, 1 stream", lab.forwards["relay"], 1),
@@ -348,7 +329,7 @@ async def measure_rtt(lab: Lab, rtt: float, args: argparse.Namespace) -> dict[st
              ("direct, 1 stream", lab.forwards["direct"], 1),
              (f"direct, {STREAMS} streams", lab.forwards["direct"], STREAMS)]
     for name, port, streams in paths:
-        _say(f"RTT {rtt:g} ms: {name}: {args.mib} MiB up and down")
+        _say(f"RTT {rtt:g} ms: {name}: {mib} MiB up and down")
         before = {k: v.carried() for k, v in lab.links.items()}
         up = await throughput(port, size, streams, upload=True)
         down = await throughput(port, size, streams, upload=False)
@@ -358,27 +339,31 @@ async def measure_rtt(lab: Lab, rtt: float, args: argparse.Namespace) -> dict[st
     for row in rows:
         row["x_up"] = row["up_mb_s"] / base["up_mb_s"]
         row["x_down"] = row["down_mb_s"] / base["down_mb_s"]
-    _say(f"RTT {rtt:g} ms: 64-byte echoes")
-    keys: dict[str, Any] = {}
-    for name, port in (("link", lab.links["echo"].port), ("relay", lab.forwards["relay"]),
-                       ("direct", lab.forwards["direct"])):
-        keys[f"{name}_p50_ms"], keys[f"{name}_p99_ms"] = await echo_ms(port, args.rtt_count)
+    return rows
+
+
+async def measure_scp(lab: Lab, rtt: float, mib: int, tmp: Path) -> list[dict[str, Any]]:
+    """``scp`` of ``mib`` MiB to sshd, burrow relay and burrow direct; ``ssh true`` beside.
+
+    Raises:
+        BenchError: a command failed or the file arrived short.
+    """
+    size = mib << 20
     scp: list[dict[str, Any]] = []
-    src = Path(args.tmp) / "scp-src"
-    dst = Path(args.tmp) / "home" / "scp-dst"
+    src = tmp / "scp-src"
+    dst = tmp / "home" / "scp-dst"
     burrow = ["-F", str(lab.ssh_config), *CLIENT_OPTS]
     sshd_port = str(lab.links["sshd"].port)
     targets = [("sshd", lab.sshd_argv, sshd_port, "root@127.0.0.1"),
                ("burrow relay", burrow, "", "burrow.relay"),
                ("burrow direct", burrow, "", "burrow.direct")]
     for name, opts, target_port, host in targets:
-        _say(f"RTT {rtt:g} ms: scp {args.mib} MiB to {name}")
+        _say(f"RTT {rtt:g} ms: scp {mib} MiB to {name}")
         connect = await _timed(
             ["ssh", *opts, *(["-p", target_port] if target_port else []), host, "true"], lab.env)
         before = {k: v.carried() for k, v in lab.links.items()}
         wall = await _timed(["scp", "-q", *opts, *(["-P", target_port] if target_port else []),
-                             str(src),
-                             f"{host}:{dst}"], lab.env)
+                             str(src), f"{host}:{dst}"], lab.env)
         if dst.stat().st_size != size:
             raise BenchError(f"scp to {name}: {dst.stat().st_size} of {size} bytes arrived")
         dst.unlink()
@@ -386,7 +371,7 @@ async def measure_rtt(lab: Lab, rtt: float, args: argparse.Namespace) -> dict[st
                     "mb_s": size / wall / 1e6, "via": _via(lab, before, size)})
     for row in scp:
         row["x_mb_s"] = row["mb_s"] / scp[0]["mb_s"]
-    return {"rtt_ms": rtt, "rows": rows, "echo": keys, "scp": scp}
+    return scp
 
 
 # ---------------------------------------------------------------- the run
@@ -398,7 +383,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             contextlib.ExitStack() as stack:
         stack.callback(procs.stop_all)
         tmp = Path(tmpdir)
-        args.tmp = tmpdir
         with open(tmp / "scp-src", "wb") as fh:
             fh.truncate(args.mib << 20)
         lab = start_lab(procs, stack, tmp, args.rate_mbit)
@@ -407,8 +391,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out = []
             for rtt in args.rtts:
                 for link in lab.links.values():
-                    link.shape(rtt, args.rate_mbit)
-                out.append(await measure_rtt(lab, rtt, args))
+                    link.set(delay_ms=rtt / 2, rate_mbit=args.rate_mbit)
+                echo = await measure_echoes(lab, rtt, args.rtt_count)
+                rows = await measure_transfers(lab, rtt, args.mib)
+                scp = await measure_scp(lab, rtt, args.mib, tmp)
+                out.append({"rtt_ms": rtt, "rows": rows, "echo": echo, "scp": scp})
             return out
 
         results = trio.run(sweep)
@@ -422,6 +409,8 @@ def table(report: dict[str, Any]) -> str:
            f" {report['rtt_count']} 64-byte echoes",
            "relayed bytes cross the link twice (client -> server relay -> agent);"
            " direct paths and plain TCP cross it once",
+           "`burrow ping` before the sweep: "
+           + ", ".join(f"{k} -> {v}" for k, v in report["paths"].items()),
            "",
            f"{'RTT ms':>6}  {'path':18} {'up MB/s':>8} {'down MB/s':>9} {'x up':>6}"
            f" {'x down':>6}  via"]
@@ -497,7 +486,7 @@ def main(argv: list[str]) -> int:
         args.mib, args.rtt_count = 2, 10
     try:
         report = run(args)
-    except BenchError as exc:
+    except (BenchError, RuntimeError) as exc:  # RuntimeError: a link or child did not start
         sys.stderr.write(f"bench wan: {exc}\n")
         return 1
     sys.stdout.write((json.dumps(report, indent=2) if args.json else table(report)) + "\n")
