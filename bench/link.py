@@ -8,9 +8,10 @@ direction carries bytes through its own emulated link:
   delay`` (one way, so a ping-pong through the link takes 2 x delay);
 * **rate cap**: a bottleneck serialises ``rate`` bytes per second.  A chunk
   leaves the bottleneck at ``max(now, last departure) + len / rate`` and
-  arrives ``delay`` later.  The bottleneck queue is bounded (``queue_kib``):
-  while more than that is waiting to be serialised the direction stops
-  reading, so the sender sees TCP backpressure -- bytes are never dropped;
+  arrives ``delay`` later.  The bottleneck queue is bounded (``queue_kib``,
+  plus the link's small socket receive buffer): while more than that waits
+  to be serialised the direction stops reading, so the sender sees TCP
+  backpressure -- bytes are never dropped;
 * **jitter**: up to ``jitter`` extra per chunk, uniform, but a chunk never
   arrives before the one read ahead of it, so bytes are never reordered.
 
@@ -49,6 +50,7 @@ import contextlib
 import os
 import random
 import select
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -60,6 +62,9 @@ import trio
 READ = 256 << 10  # bytes per receive_some: big reads keep the per-byte cost low
 MAX_BUFFERED = 64 << 20  # per direction, a memory bound when there is no rate cap
 BATCH = 1 << 20  # at most this much due data joined into one send_all
+# The link's sockets' receive buffers: bytes the kernel holds before the link
+# reads them are an unshaped queue, so keep it small (loopback refills it in µs).
+RCVBUF = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -162,9 +167,11 @@ class _Direction:
                 size += len(chunk)
             if batch:
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
+                # Counted before the send: the peer may see the bytes (and ask for
+                # stats) before this task runs again after send_all's checkpoint.
+                self.carried += len(data)
                 await self.dst.send_all(data)
                 self.buffered -= len(data)
-                self.carried += len(data)
                 self._wake_reader.set()
             elif items and items[0][1] is None and items[0][0] <= now:
                 items.popleft()
@@ -210,6 +217,8 @@ class Link:
             OSError: the listen address cannot be bound.
         """
         listeners = await trio.open_tcp_listeners(self.listen[1], host=self.listen[0])
+        for listener in listeners:  # accepted sockets inherit it
+            listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self.port)
         await trio.serve_listeners(self._handle, listeners)
@@ -217,7 +226,7 @@ class Link:
     async def _handle(self, client: trio.SocketStream) -> None:
         self.connections += 1
         try:
-            server = await trio.open_tcp_stream(*self.target)
+            server = await _dial(*self.target)
         except OSError:
             await trio.aclose_forcefully(client)  # the target refused: so does the link
             return
@@ -235,6 +244,23 @@ class Link:
             self._done_back += back.carried
             await trio.aclose_forcefully(client)
             await trio.aclose_forcefully(server)
+
+
+async def _dial(host: str, port: int) -> trio.SocketStream:
+    """A TCP stream to the target with the link's small receive buffer.
+
+    Raises:
+        OSError: the connection failed.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 async def _guarded(half: Callable[[], Awaitable[None]], connection: trio.CancelScope) -> None:
