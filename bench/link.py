@@ -122,10 +122,19 @@ class _Direction:
         return release
 
     async def _room(self) -> None:
-        """Wait while the bottleneck queue or the memory bound is full (backpressure)."""
+        """Wait while the bottleneck queue or the link's capacity is full (backpressure).
+
+        The capacity is what the wire holds (rate x delay) plus the queue:
+        when the far side stops reading, the link stops too, as the window
+        of a real connection would close.  Without a rate cap, MAX_BUFFERED.
+        """
         while True:
             shape = self.link.shape
-            if self.buffered >= MAX_BUFFERED:
+            limit = MAX_BUFFERED
+            if shape.rate_mbit:
+                limit = int(shape.rate_mbit * 1e6 / 8 * shape.delay_ms / 1e3) \
+                    + shape.queue_kib * 1024
+            if self.buffered >= min(limit, MAX_BUFFERED):
                 self._wake_reader = trio.Event()
                 await self._wake_reader.wait()
                 continue
@@ -200,6 +209,11 @@ class Link:
         self._directions: list[_Direction] = []
         self._done_forward = 0
         self._done_back = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes the link holds now, both directions, every connection."""
+        return sum(d.buffered for d in self._directions)
 
     @property
     def forward(self) -> int:

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -139,6 +140,43 @@ async def test_rate_cap_delivers_at_most_rate_times_time_plus_one_chunk(
     for when, got in samples:
         assert got <= rate * (when - start[0]) + READ
     assert samples[-1][0] - start[0] >= (total - READ) / rate
+
+
+async def test_a_stalled_receiver_stops_the_link_reading_and_loses_nothing(
+        nursery: trio.Nursery) -> None:
+    payload = os.urandom(24 << 20)
+    go = trio.Event()
+    digest: list[str] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await go.wait()  # not reading: the link must hold back, not buffer without bound
+        digest.append(hashlib.sha256(await _read_all(stream)).hexdigest())
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    # A small receive buffer, so the stalled receiver's kernel cannot hide the bytes.
+    listeners[0].socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    shape = Shape(delay_ms=10, rate_mbit=400, queue_kib=64)  # holds 500 KiB + 64 KiB
+    with trio.fail_after(60):
+        async with open_link(("127.0.0.1", port), shape) as link:
+            client = await trio.open_tcp_stream("127.0.0.1", link.port)
+
+            async def send() -> None:
+                await client.send_all(payload)
+                await client.send_eof()
+
+            nursery.start_soon(send)
+            peak = 0
+            for _ in range(30):
+                await trio.sleep(0.02)
+                peak = max(peak, link.buffered)
+            assert 0 < peak <= 50_000 * 10 + 64 * 1024 + READ
+            go.set()
+            while not digest:
+                await trio.sleep(0.02)
+            await client.aclose()
+    assert digest == [hashlib.sha256(payload).hexdigest()]
 
 
 async def test_jitter_never_reorders(nursery: trio.Nursery) -> None:
