@@ -56,6 +56,7 @@ from typing import Any
 import trio
 
 from bench.link import LinkProcess
+from bench.netutil import free_port
 from bench.relay import Child, _percentiles, echo_rtt_samples
 from bench.ssh import (
     CLIENT_OPTS,
@@ -63,7 +64,6 @@ from bench.ssh import (
     BenchError,
     Procs,
     _cli,
-    _free_port,
     _keygen,
     settled_path,
     start_sshd,
@@ -146,7 +146,7 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
     echo = Child("echo-sink")
     stack.callback(echo.close)
     echo_port = int(echo.line())
-    server_port, direct_port = _free_port(), _free_port()
+    server_port, direct_port = free_port(), free_port()
     links = {"echo": LinkProcess(echo_port), "server": LinkProcess(server_port),
              "direct": LinkProcess(direct_port), "sshd": LinkProcess(sshd_port)}
     for link in links.values():
@@ -188,7 +188,7 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log))
     paths = {name: settled_path(env, name, name, 30) for name in ("relay", "direct")}
     for name in ("relay", "direct"):
-        local = _free_port()
+        local = free_port()
         log = open(tmp / f"pf-{name}.log", "wb")  # noqa: SIM115 - lives as long as the forward
         stack.callback(log.close)
         proc = subprocess.Popen(
