@@ -391,7 +391,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out = []
             for rtt in args.rtts:
                 for link in lab.links.values():
-                    link.set(delay_ms=rtt / 2, rate_mbit=args.rate_mbit)
+                    link.set(delay_ms=rtt / 2, rate_mbit=args.rate_mbit,
+                             jitter_ms=args.jitter_ms, queue_kib=args.queue_kib)
                 echo = await measure_echoes(lab, rtt, args.rtt_count)
                 rows = await measure_transfers(lab, rtt, args.mib)
                 scp = await measure_scp(lab, rtt, args.mib, tmp)
@@ -399,12 +400,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return out
 
         results = trio.run(sweep)
-    return {"rate_mbit": args.rate_mbit, "mib": args.mib, "rtt_count": args.rtt_count,
+    return {"rate_mbit": args.rate_mbit, "jitter_ms": args.jitter_ms,
+            "queue_kib": args.queue_kib, "mib": args.mib, "rtt_count": args.rtt_count,
             "streams": STREAMS, "paths": lab.paths, "results": results}
 
 
 def table(report: dict[str, Any]) -> str:
-    out = [f"emulated link: {report['rate_mbit']:g} Mbit/s each way, one-way delay RTT/2;"
+    out = [f"emulated link: {report['rate_mbit']:g} Mbit/s each way, one-way delay RTT/2"
+           f" + up to {report['jitter_ms']:g} ms jitter, {report['queue_kib']} KiB queue;"
            f" {report['mib']} MiB per transfer, timed first to last byte at the receiver;"
            f" {report['rtt_count']} 64-byte echoes",
            "relayed bytes cross the link twice (client -> server relay -> agent);"
@@ -462,6 +465,16 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_agent"]:
         return _agent(argv[1:])
@@ -472,6 +485,10 @@ def main(argv: list[str]) -> int:
                         help="link RTTs in ms, comma-separated (default 0,20,60,120,240)")
     parser.add_argument("--rate-mbit", type=_positive(float), default=200.0,
                         help="link rate per direction (default 200)")
+    parser.add_argument("--jitter-ms", type=_non_negative, default=0.0,
+                        help="up to this much extra one-way delay per chunk (default 0)")
+    parser.add_argument("--queue-kib", type=_positive(int), default=512,
+                        help="the link's bottleneck queue (default 512)")
     parser.add_argument("--mib", type=_positive(int), default=48,
                         help="MiB per transfer (default 48)")
     parser.add_argument("--rtt-count", type=_positive(int), default=50,

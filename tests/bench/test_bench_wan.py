@@ -51,7 +51,7 @@ def test_bench_wan_quick_reports_every_row() -> None:
 
 
 @pytest.mark.parametrize("flags", [["--rtts", "x"], ["--rtts", "-5"], ["--mib", "0"],
-                                   ["--rate-mbit", "-1"]])
+                                   ["--rate-mbit", "-1"], ["--jitter-ms", "-1"]])
 def test_bench_wan_rejects_bad_flags(flags: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "bench", "wan", *flags],
                           capture_output=True, text=True, timeout=30, check=False)
