@@ -166,6 +166,9 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
     (tmp / "tpl").mkdir()
     (tmp / "tpl" / "main.tf").write_text(TEMPLATE)
     _cli(env, "templates", "push", str(tmp / "tpl"), "--name", "t")
+    # Agents and port-forwards stop first (LIFO), while the server and links still answer.
+    clients = Procs()
+    stack.callback(clients.stop_all)
     forwards: dict[str, int] = {}
     for name in ("relay", "direct"):
         _say(f"building workspace {name}")
@@ -184,8 +187,8 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
              str(links["direct"].port), *agent]
         log = open(tmp / f"agent-{name}.log", "wb")  # noqa: SIM115 - lives as long as the agent
         stack.callback(log.close)
-        procs.items.append(subprocess.Popen(argv, env=agent_env, cwd=tmp / "home",
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        clients.items.append(subprocess.Popen(argv, env=agent_env, cwd=tmp / "home",
+                                              stdin=subprocess.DEVNULL, stdout=log, stderr=log))
     paths = {name: settled_path(env, name, name, 30) for name in ("relay", "direct")}
     for name in ("relay", "direct"):
         local = free_port()
@@ -195,7 +198,7 @@ def start_lab(procs: Procs, stack: contextlib.ExitStack, tmp: Path, rate: float)
             [sys.executable, "-m", "burrow.cli", "port-forward", name, "--tcp",
              f"{local}:{echo_port}"], env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=log, text=True)
-        procs.items.append(proc)
+        clients.items.append(proc)
         _await_line(proc, "Forwarding")
         forwards[name] = local
     _cli(env, "config-ssh")
