@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,8 +153,11 @@ def postgres() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def burrow_server(data_dir: Path, postgres_url: str | None, daemons: int) -> Iterator[str]:
+def burrow_server(data_dir: Path, postgres_url: str | None, daemons: int,
+                  extra: Sequence[str] = ()) -> Iterator[str]:
     """A ``burrow server`` subprocess; yields its URL, stops it by its PID.
+
+    ``extra`` flags go after the others (a later ``--listen`` wins).
 
     Raises:
         BenchError: it did not print its listening address within 30 s.
@@ -163,6 +166,7 @@ def burrow_server(data_dir: Path, postgres_url: str | None, daemons: int) -> Ite
            "--data-dir", str(data_dir), "--provisioner-daemons", str(daemons)]
     if postgres_url:
         cmd += ["--postgres-url", postgres_url]
+    cmd += list(extra)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
     log = open(data_dir.parent / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)

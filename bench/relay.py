@@ -71,7 +71,10 @@ def _announce(value: object) -> None:
 
 
 async def _role_echo_sink() -> None:
-    """TCP peer: first byte R = echo everything, T = count until EOF then reply the count."""
+    """TCP peer, by the first byte: R = echo everything; T = count until EOF then reply
+    the count; U = the same, replying count, first- and last-byte ``perf_counter_ns`` and
+    the first read's size (8 bytes each: receiver-side timing); D + 8-byte N = send N
+    zero bytes, then EOF."""
 
     async def handle(stream: trio.SocketStream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -79,11 +82,27 @@ async def _role_echo_sink() -> None:
             if mode == b"R":
                 while data := await stream.receive_some(1 << 16):
                     await stream.send_all(data)
-            elif mode == b"T":
-                total = 0
+            elif mode in (b"T", b"U"):
+                total = first = head = 0
                 while data := await stream.receive_some(1 << 18):
+                    if not total:
+                        first, head = time.perf_counter_ns(), len(data)
                     total += len(data)
-                await stream.send_all(total.to_bytes(8, "big"))
+                reply = total.to_bytes(8, "big")
+                if mode == b"U":
+                    for value in (first, time.perf_counter_ns(), head):
+                        reply += value.to_bytes(8, "big")
+                await stream.send_all(reply)
+            elif mode == b"D":
+                count = b""
+                while len(count) < 8 and (data := await stream.receive_some(8 - len(count))):
+                    count += data
+                left = int.from_bytes(count, "big")
+                block = bytes(1 << 18)
+                while left > 0:
+                    await stream.send_all(block[:left])
+                    left -= len(block)
+                await stream.send_eof()
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     _announce(listeners[0].socket.getsockname()[1])
