@@ -152,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"burrow server: cannot load --tls-cert/--tls-key: {message}", file=sys.stderr)
             return 2
     configure_logging(config.log_format)
+    # The version starts the log (stderr); the stdout "listening on URL" line
+    # keeps its form, which scripts and `burrow up` parse.
+    import logging
+
+    from sdk.version import VERSION
+
+    logging.getLogger("burrow.server").info("burrow server %s starting", VERSION)
 
     async def main() -> None:
         # SIGINT/SIGTERM cancel everything, so shutdown runs through the
