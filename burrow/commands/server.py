@@ -132,10 +132,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import trio
 
     from coderd.server import configure_logging, run_server
     from coderd.store.base import StoreError
+    from sdk.version import VERSION
 
     config = build_config(args)
     if config.tls_cert and config.tls_key:
@@ -152,13 +155,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"burrow server: cannot load --tls-cert/--tls-key: {message}", file=sys.stderr)
             return 2
     configure_logging(config.log_format)
-    # The version starts the log (stderr); the stdout "listening on URL" line
-    # keeps its form, which scripts and `burrow up` parse.
-    import logging
-
-    from sdk.version import VERSION
-
-    logging.getLogger("burrow.server").info("burrow server %s starting", VERSION)
 
     async def main() -> None:
         # SIGINT/SIGTERM cancel everything, so shutdown runs through the
@@ -175,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
 
                 nursery.start_soon(stop_on_signal)
                 url = await nursery.start(run_server, config)
+                # The version goes in the log (stderr) once serving -- a start-up
+                # error stays one line; the stdout line keeps the form scripts
+                # and `burrow up` parse.
+                logging.getLogger("burrow.server").info(
+                    "burrow server %s serving on %s", VERSION, url)
                 print(f"burrow server listening on {url}", flush=True)
         print("burrow server stopped", file=sys.stderr, flush=True)
 

@@ -163,7 +163,7 @@ def test_installed_wheel_runs_outside_the_checkout(
         url = _listening_url(server)
         with urllib.request.urlopen(url + "/api/v2/buildinfo", timeout=10) as resp:
             assert json.loads(resp.read()) == {"version": version}
-        assert f"burrow server {version} starting" in (tmp_path / "server.log").read_text()
+        assert f"burrow server {version} serving on {url}" in (tmp_path / "server.log").read_text()
     finally:
         _stop_pid(server.pid, group=False)
         server.wait(10)
