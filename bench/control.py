@@ -49,9 +49,9 @@ from typing import Any
 import trio
 
 from bench.netutil import free_port
+from burrow.up import default_template_dir
 
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATE_DIR = REPO / "templates" / "local"
+TEMPLATE_DIR = default_template_dir()  # shipped in the package: works from a wheel too
 PG_BIN = "/usr/lib/postgresql/15/bin"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
 

@@ -7,9 +7,11 @@ but heavy imports inside them happen only when the command runs.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from burrow.flags import Parser, UsageError
 
@@ -37,7 +39,22 @@ COMMANDS = (
     "netcheck",
     "agent",
     "up",
+    "version",
 )
+
+
+class _Version(argparse.Action):
+    """``--version``: the number is read only when asked for (see sdk.version)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print burrow's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from sdk.version import VERSION
+
+        print(f"burrow {VERSION}")
+        parser.exit()
 
 
 def build_parser(only: str | None = None) -> Parser:
@@ -49,6 +66,7 @@ def build_parser(only: str | None = None) -> Parser:
     pay.
     """
     parser = Parser(prog="burrow", description="Remote development workspaces over DERP.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name in COMMANDS if only is None else (only,):

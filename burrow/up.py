@@ -10,7 +10,9 @@ Each step looks for what a previous run left and reuses it:
    random password; the credentials are printed once and kept (0600) in
    ``owner.json`` in the data dir, which later runs log in with.
 3. The CLI session (the config dir) is saved for that URL.
-4. The template (``templates/local``) is pushed if missing; the workspace is
+4. The template (``templates/local``, shipped inside the package as
+   ``burrow/templates/local`` and found through ``importlib.resources``, so
+   an installed wheel has it too) is pushed if missing; the workspace is
    created if missing, or started if stopped.
 5. It waits until the workspace's agent is connected and its startup
    finished, then prints how to reach it.
@@ -19,6 +21,7 @@ Each step looks for what a previous run left and reuses it:
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import os
 import secrets
@@ -62,7 +65,20 @@ class UpOptions:
 
 
 def default_template_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "templates" / "local"
+    """The ``local`` template shipped with burrow (package data of ``burrow``).
+
+    In a checkout and an editable install ``burrow/templates`` is the symlink
+    to the repository's ``templates/``; in a wheel it is a real directory.
+
+    Raises:
+        UpError: the package is not on a file system (a zip import), so the
+            template has no directory to push.
+    """
+    resource = importlib.resources.files("burrow").joinpath("templates", "local")
+    if not isinstance(resource, Path):
+        raise UpError(f"the built-in template is not a directory ({resource}): "
+                      "pass --template-dir")
+    return resource
 
 
 def _pid_alive(pid: int) -> bool:

@@ -52,6 +52,7 @@ from typing import NoReturn
 import trio
 from wsproto.utilities import generate_accept_token
 
+from derp.conflict import ConflictGuard
 from derp.wsframes import (
     Close,
     CloseCode,
@@ -75,22 +76,6 @@ def new_client_key() -> bytes:
 def accept_token(key: bytes) -> bytes:
     """The ``Sec-WebSocket-Accept`` value a server must answer ``key`` with."""
     return generate_accept_token(key)
-
-
-class _Conflict:
-    """Raises ``BusyResourceError`` when two tasks use one direction at once."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(f"another task is already {self._what}")
-        self._held = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._held = False
 
 
 class WebSocketStream(trio.abc.Stream):
@@ -119,8 +104,8 @@ class WebSocketStream(trio.abc.Stream):
         # per round trip on small messages.
         self._writing = False
         self._control_done: trio.Event | None = None  # set when a control write ends
-        self._sending = _Conflict("sending on this WebSocketStream")
-        self._receiving = _Conflict("receiving on this WebSocketStream")
+        self._sending = ConflictGuard("sending on this WebSocketStream")
+        self._receiving = ConflictGuard("receiving on this WebSocketStream")
         self.bytes_sent = 0
         self.bytes_received = 0
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from derp.conflict import ConflictGuard
 from tunnel.connection import StreamState
 from tunnel.errors import StreamResetError, TunnelError
 from tunnel.frames import ErrorCode
@@ -22,20 +23,6 @@ if TYPE_CHECKING:
     from tunnel.session import Session
 
 DEFAULT_RECEIVE = 256 * 1024
-
-
-class _Conflict:
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.busy = False
-
-    def __enter__(self) -> None:
-        if self.busy:
-            raise trio.BusyResourceError(f"another task is already {self.what}")
-        self.busy = True
-
-    def __exit__(self, *args: object) -> None:
-        self.busy = False
 
 
 class TunnelStream(trio.abc.HalfCloseableStream):
@@ -55,8 +42,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self.service = state.service
         self._closed = False
         self._eof_sent = False
-        self._send_conflict = _Conflict("sending on this stream")
-        self._recv_conflict = _Conflict("receiving on this stream")
+        self._send_conflict = ConflictGuard("sending on this stream")
+        self._recv_conflict = ConflictGuard("receiving on this stream")
 
     def _session_error(self) -> TunnelError | None:
         if self._session.error is not None:

@@ -132,10 +132,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import trio
 
     from coderd.server import configure_logging, run_server
     from coderd.store.base import StoreError
+    from sdk.version import VERSION
 
     config = build_config(args)
     if config.tls_cert and config.tls_key:
@@ -168,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
 
                 nursery.start_soon(stop_on_signal)
                 url = await nursery.start(run_server, config)
+                # The version goes in the log (stderr) once serving -- a start-up
+                # error stays one line; the stdout line keeps the form scripts
+                # and `burrow up` parse.
+                logging.getLogger("burrow.server").info(
+                    "burrow server %s serving on %s", VERSION, url)
                 print(f"burrow server listening on {url}", flush=True)
         print("burrow server stopped", file=sys.stderr, flush=True)
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
-import tarfile
+from pathlib import Path
 from typing import Any
 
 from burrow.flags import Parser, UsageError, add
-
-SKIP_DIRS = {".terraform", ".git"}
-SKIP_FILES = {"terraform.tfstate", "terraform.tfstate.backup", ".terraform.lock.hcl"}
 
 
 def register(sub: Any) -> None:
@@ -33,33 +29,21 @@ def register(sub: Any) -> None:
 
 
 def archive_directory(directory: str) -> bytes:
-    """A tar of the template's regular files (skipping .terraform, state, links).
+    """A tar of the template's files, packed by :mod:`sdk.archive`'s rules.
 
     Raises:
-        UsageError: not a directory, or no .tf file in it.
+        UsageError: not a directory, no .tf file in it, or a file unreadable.
     """
+    from sdk import archive
+
     if not os.path.isdir(directory):
         raise UsageError(f"not a directory: {directory}")
-    buf = io.BytesIO()
-    found_tf = False
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for root, dirs, files in os.walk(directory):
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS
-                             and not os.path.islink(os.path.join(root, d)))
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                if name in SKIP_FILES or os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                rel = os.path.relpath(path, directory)
-                found_tf |= name.endswith(".tf")
-                info = tar.gettarinfo(path, arcname=rel)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-    if not found_tf:
-        raise UsageError(f"no .tf files in {directory}")
-    return buf.getvalue()
+    try:
+        if not any(f.endswith(".tf") for f in archive.files_to_pack(Path(directory))):
+            raise UsageError(f"no .tf files in {directory}")
+        return archive.pack(Path(directory))
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename or directory}: {exc.strerror}") from None
 
 
 def run_push(args: argparse.Namespace) -> int:

@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
     add(p, "--listen", default="127.0.0.1:3000", help="address the server listens on")
     add(p, "--workspace", default="dev", help="the workspace's name")
     add(p, "--template", default="local", help="the template's name")
-    add(p, "--template-dir", default=None, help="template directory (default: templates/local)")
+    add(p, "--template-dir", default=None,
+        help="template directory (default: the built-in templates/local)")
     add(p, "--timeout", default=180.0, type=_seconds,
         help="seconds to wait for the workspace's agent")
     p.set_defaults(run=run)
@@ -57,11 +58,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         sys.stderr.write(f"burrow up: cannot create data directory {data_dir}: {exc.strerror}\n")
         return 1
+    try:
+        template_dir = Path(args.template_dir) if args.template_dir else default_template_dir()
+    except UpError as exc:
+        sys.stderr.write(f"burrow up: {exc}\n")
+        return 1
     opts = UpOptions(
         data_dir=data_dir, listen=args.listen, workspace=args.workspace,
-        template=args.template,
-        template_dir=Path(args.template_dir) if args.template_dir else default_template_dir(),
-        timeout=args.timeout,
+        template=args.template, template_dir=template_dir, timeout=args.timeout,
     )
 
     def say(line: str) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import platform
-
 from coderd.api import agents, builds, coordinate, templates, users, workspaces
 from coderd.api.router import PUBLIC, Call, Route, Router, openapi
 from coderd.deps import Coderd
+from sdk.version import VERSION
 from web.http import Response
-
-VERSION = "0.1.0"
 
 
 async def buildinfo(call: Call) -> Response:
-    return Response.json(200, {"version": VERSION, "python": platform.python_version()})
+    # Public: the version only (no Python version: issue 11).
+    return Response.json(200, {"version": VERSION})
 
 
 def routes() -> list[Route]:
