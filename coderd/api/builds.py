@@ -12,6 +12,7 @@ from coderd.auth import has_role
 from coderd.builds import on_job_completed
 from coderd.store.base import Build, JobStatus, Role
 from relay.http import Response
+from sdk.types import BuildLogs
 
 MAX_WAIT = 30.0
 RECHECK = 1.0  # pubsub messages are hints: look again this often anyway
@@ -30,7 +31,7 @@ async def _build(call: Call) -> Build:
 
 
 async def get_build(call: Call) -> Response:
-    return Response.json(200, await views.build_full(call.cd.store, await _build(call)))
+    return views.answer(200, await views.build_full(call.cd.store, await _build(call)))
 
 
 def _number(call: Call, name: str, default: float, low: float, high: float) -> float:
@@ -66,14 +67,11 @@ async def get_logs(call: Call) -> Response:
                         break
         logs = await store.get_job_logs(b.job_id, after)
         job = await store.get_job(b.job_id)
-    return Response.json(
-        200,
-        {
-            "logs": [views.log_line(ln) for ln in logs],
-            "status": job.status.value if job else JobStatus.FAILED.value,
-            "done": job is None or job.completed_at is not None,
-        },
-    )
+    return views.answer(200, BuildLogs(
+        logs=[views.log_line(ln) for ln in logs],
+        status=job.status.value if job else JobStatus.FAILED.value,
+        done=job is None or job.completed_at is not None,
+    ))
 
 
 async def cancel(call: Call) -> Response:
@@ -82,7 +80,7 @@ async def cancel(call: Call) -> Response:
     if job.status is JobStatus.CANCELED:
         await on_job_completed(job, call.cd.store, call.cd.pubsub)
     await call.cd.pubsub.publish(pubsub.job_logs_channel(job.id), "cancel")
-    return Response.json(200, views.build(b, job))
+    return views.answer(200, views.build(b, job))
 
 
 ROUTES = [

@@ -10,6 +10,7 @@ from coderd.api.schema import ApiError
 from coderd.archive import MAX_UPLOAD, ArchiveError, check_template_archive
 from coderd.store.base import Conflict, Role, Template
 from relay.http import Response
+from sdk.types import TemplatePushed
 
 TEMPLATE_NAME = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
 TAG = r"[A-Za-z0-9_.-]{1,64}"
@@ -24,17 +25,17 @@ async def _template(call: Call) -> Template:
 
 
 async def list_templates(call: Call) -> Response:
-    return Response.json(200, [views.template(t) for t in await call.cd.store.list_templates()])
+    return views.answer(200, [views.template(t) for t in await call.cd.store.list_templates()])
 
 
 async def get_template(call: Call) -> Response:
-    return Response.json(200, views.template(await _template(call)))
+    return views.answer(200, views.template(await _template(call)))
 
 
 async def list_versions(call: Call) -> Response:
     tmpl = await _template(call)
     versions = await call.cd.store.list_template_versions(tmpl.id)
-    return Response.json(200, [views.version(v) for v in versions])
+    return views.answer(200, [views.version(v) for v in versions])
 
 
 def _tags(values: list[str]) -> dict[str, str]:
@@ -80,9 +81,7 @@ async def push_version(call: Call) -> Response:
         )
     except Conflict:
         raise ApiError(409, "that version name exists for this template") from None
-    return Response.json(
-        201, {"template": views.template(tmpl), "version": views.version(version), "files": files}
-    )
+    return views.answer(201, TemplatePushed(views.template(tmpl), views.version(version), files))
 
 
 ROUTES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from coderd import builds
 from coderd.api import views
 from coderd.api.router import AUTHENTICATED, Call, Route
@@ -52,13 +54,13 @@ async def create_workspace(call: Call) -> Response:
         raise ApiError(409, "a workspace with that name exists", b["name"])
     ws = await store.create_workspace(b["name"], owner.id, tmpl.id)
     await builds.start_build(call.cd, ws, "start", call.user.id, b.get("variables", {}))
-    return Response.json(201, await views.workspace(store, ws))
+    return views.answer(201, await views.workspace(store, ws))
 
 
 async def list_workspaces(call: Call) -> Response:
     everyone = call.query("owner") == "all" and has_role(call.user, Role.OWNER)
     found = await call.cd.store.workspace_details(owner_id=None if everyone else call.user.id)
-    return Response.json(200, [views.workspace_detail(d) for d in found])
+    return views.answer(200, [views.workspace_detail(d) for d in found])
 
 
 async def get_workspace(call: Call) -> Response:
@@ -66,8 +68,8 @@ async def get_workspace(call: Call) -> Response:
     out = await views.workspace(call.cd.store, ws)
     latest = await call.cd.store.latest_build(ws.id)
     if latest is not None:
-        out["latest_build"] = await views.build_full(call.cd.store, latest)
-    return Response.json(200, out)
+        out = dataclasses.replace(out, latest_build=await views.build_full(call.cd.store, latest))
+    return views.answer(200, out)
 
 
 async def create_build(call: Call) -> Response:
@@ -75,15 +77,14 @@ async def create_build(call: Call) -> Response:
     build, job = await builds.start_build(
         call.cd, ws, call.body["transition"], call.user.id, call.body.get("variables")
     )
-    return Response.json(201, views.build(build, job))
+    return views.answer(201, views.build(build, job))
 
 
 async def list_builds(call: Call) -> Response:
     ws = await find_workspace(call, call.params["workspace"])
-    out = []
-    for b in await call.cd.store.list_builds(ws.id):
-        out.append(views.build(b, await call.cd.store.get_job(b.job_id)))
-    return Response.json(200, out)
+    out = [views.build(b, await call.cd.store.get_job(b.job_id))
+           for b in await call.cd.store.list_builds(ws.id)]
+    return views.answer(200, out)
 
 
 ROUTES = [
