@@ -236,13 +236,15 @@ async def get_logs(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/relaymap", get_relay_map, AUTHENTICATED, "The relay regions"),
+    Route("GET", "/relaymap", get_relay_map, AUTHENTICATED, "The relay regions",
+          returns=t.RelayMap),
     Route(
         "GET", "/workspaceagents/me/manifest", get_manifest, AGENT,
         "The calling agent's manifest (Burrow-Agent-Token header)",
+        returns=t.Manifest,
     ),
     Route("GET", "/workspaceagents/me/relaymap", get_relay_map, AGENT,
-          "The relay regions, for agents"),
+          "The relay regions, for agents", returns=t.RelayMap),
     Route(
         "POST", "/workspaceagents/me/lifecycle", post_lifecycle, AGENT,
         "Report the agent's lifecycle state",
@@ -278,9 +280,11 @@ ROUTES = [
         body={"logs": Field("array", required=True, description="[{text, at?: UNIX seconds}]"),
               "source": Field("string", enum=LOG_SOURCES, max_len=32)},
         responses={200: "{stored, dropped}"},
+        returns=t.LogsStored,
     ),
     Route(
         "GET", "/workspaceagents/{agent}/logs", get_logs, AUTHENTICATED,
         "The agent's script output after id ?after=N (1000 lines at most)",
+        returns=t.AgentLogs,
     ),
 ]

@@ -12,6 +12,7 @@ from coderd.auth import has_role
 from coderd.builds import on_job_completed
 from coderd.store.base import Build, JobStatus, Role
 from relay.http import Response
+from sdk import types as t
 from sdk.types import BuildLogs
 
 MAX_WAIT = 30.0
@@ -84,10 +85,13 @@ async def cancel(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/builds/{build}", get_build, AUTHENTICATED, "A build with resources and agents"),
+    Route("GET", "/builds/{build}", get_build, AUTHENTICATED, "A build with resources and agents",
+          returns=t.Build),
     Route(
         "GET", "/builds/{build}/logs", get_logs, AUTHENTICATED,
         "Build logs after id ?after=N; ?wait=S long-polls up to 30 s for more",
+        returns=t.BuildLogs,
     ),
-    Route("PATCH", "/builds/{build}/cancel", cancel, AUTHENTICATED, "Cancel a build"),
+    Route("PATCH", "/builds/{build}/cancel", cancel, AUTHENTICATED, "Cancel a build",
+          returns=t.Build),
 ]

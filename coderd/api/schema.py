@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdk.types.wire import Wire, json_schema
+
 
 class ApiError(Exception):
     """An HTTP error the client caused (4xx) or we report deliberately."""
@@ -158,6 +160,19 @@ def parse_json_body(body: bytes, schema: Schema) -> dict[str, Any]:
     if problems:
         raise ApiError(400, "invalid request body", validations=problems)
     return obj
+
+
+Returns = type[Wire] | list[type[Wire]]
+"""What a route answers with: one :mod:`sdk.types` class, or ``[cls]`` for a list of them."""
+
+
+def returns_openapi(returns: Returns, components: dict[str, Any]) -> dict[str, Any]:
+    """The response schema of ``returns`` (a ``$ref``); adds the class's schema,
+    derived from its fields, to ``components``."""
+    cls = returns[0] if isinstance(returns, list) else returns
+    components.setdefault(cls.__name__, json_schema(cls))
+    ref = {"$ref": f"#/components/schemas/{cls.__name__}"}
+    return {"type": "array", "items": ref} if isinstance(returns, list) else ref
 
 
 def schema_openapi(schema: Schema) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from coderd.api.schema import ApiError
 from coderd.archive import MAX_UPLOAD, ArchiveError, check_template_archive
 from coderd.store.base import Conflict, Role, Template
 from relay.http import Response
+from sdk import types as t
 from sdk.types import TemplatePushed
 
 TEMPLATE_NAME = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
@@ -85,16 +86,20 @@ async def push_version(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/templates", list_templates, AUTHENTICATED, "List templates"),
-    Route("GET", "/templates/{template}", get_template, AUTHENTICATED, "A template (id or name)"),
+    Route("GET", "/templates", list_templates, AUTHENTICATED, "List templates",
+          returns=[t.Template]),
+    Route("GET", "/templates/{template}", get_template, AUTHENTICATED, "A template (id or name)",
+          returns=t.Template),
     Route(
         "GET", "/templates/{template}/versions", list_versions, AUTHENTICATED,
         "A template's versions",
+        returns=[t.TemplateVersion],
     ),
     Route(
         "POST", "/templates/{template}/versions", push_version, Role.TEMPLATE_ADMIN,
         "Push a new version (a tar of .tf files) and make it active; creates the template "
         "if needed. Query: description, version, tag=k=v (repeatable: provisioner tags).",
         raw_body="application/x-tar", max_body=MAX_UPLOAD, responses={201: "created"},
+        returns=t.TemplatePushed,
     ),
 ]

@@ -11,6 +11,7 @@ from coderd.api.router import AUTHENTICATED, PUBLIC, Call, Route, optional_auth
 from coderd.api.schema import ApiError, Field
 from coderd.store.base import Conflict, Role
 from relay.http import Response
+from sdk import types as t
 from sdk.types import FirstUser, Message, Session, Token, TokenCreated
 
 USERNAME = r"[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?"
@@ -142,11 +143,13 @@ async def delete_token(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/users/first", get_first, PUBLIC, "Whether the first user exists"),
+    Route("GET", "/users/first", get_first, PUBLIC, "Whether the first user exists",
+          returns=t.FirstUser),
     Route(
         "POST", "/users/first", post_first, PUBLIC,
         "Create the first user (the owner); only while there are no users",
         body=_new_user, responses={201: "created, with a session token"},
+        returns=t.Session,
     ),
     Route(
         "POST", "/users/login", login, PUBLIC, "Log in with a password",
@@ -156,10 +159,11 @@ ROUTES = [
             "redirect": Field("string", max_len=2048, description="same-origin path"),
         },
         responses={201: "a session token (also set as a cookie)"},
+        returns=t.Session,
     ),
-    Route("POST", "/users/logout", logout, PUBLIC, "End the current session"),
-    Route("GET", "/users/me", me, AUTHENTICATED, "The authenticated user"),
-    Route("GET", "/users", list_users, Role.OWNER, "List users"),
+    Route("POST", "/users/logout", logout, PUBLIC, "End the current session", returns=t.Message),
+    Route("GET", "/users/me", me, AUTHENTICATED, "The authenticated user", returns=t.User),
+    Route("GET", "/users", list_users, Role.OWNER, "List users", returns=[t.User]),
     Route(
         "POST", "/users", create_user, Role.OWNER, "Create a user",
         body={
@@ -167,6 +171,7 @@ ROUTES = [
             "roles": Field("string", max_len=64, description="comma-separated roles"),
         },
         responses={201: "created"},
+        returns=t.User,
     ),
     Route(
         "POST", "/users/me/tokens", create_token, AUTHENTICATED, "Create an API token",
@@ -177,8 +182,10 @@ ROUTES = [
             ),
         },
         responses={201: "the token, shown once"},
+        returns=t.TokenCreated,
     ),
-    Route("GET", "/users/me/tokens", list_tokens, AUTHENTICATED, "List your API tokens"),
+    Route("GET", "/users/me/tokens", list_tokens, AUTHENTICATED, "List your API tokens",
+          returns=[t.Token]),
     Route(
         "DELETE", "/users/me/tokens/{token}", delete_token, AUTHENTICATED,
         "Delete one of your API tokens", responses={204: "deleted"},

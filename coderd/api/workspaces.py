@@ -11,6 +11,7 @@ from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.store.base import Role, Workspace
 from relay.http import Response
+from sdk import types as t
 
 WORKSPACE_NAME = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
 
@@ -98,14 +99,17 @@ ROUTES = [
             "owner": Field("string", max_len=254, description="owner only: another user"),
         },
         responses={201: "created; the first build is queued"},
+        returns=t.Workspace,
     ),
     Route(
         "GET", "/workspaces", list_workspaces, AUTHENTICATED,
         "Your workspaces (owners: ?owner=all for everyone's)",
+        returns=[t.Workspace],
     ),
     Route(
         "GET", "/workspaces/{workspace}", get_workspace, AUTHENTICATED,
         "A workspace (id, name, or owner.name) with its latest build",
+        returns=t.Workspace,
     ),
     Route(
         "POST", "/workspaces/{workspace}/builds", create_build, AUTHENTICATED,
@@ -117,9 +121,11 @@ ROUTES = [
             "variables": Field("string-map", description="default: the last build's"),
         },
         responses={201: "the build, queued"},
+        returns=t.Build,
     ),
     Route(
         "GET", "/workspaces/{workspace}/builds", list_builds, AUTHENTICATED,
         "A workspace's builds",
+        returns=[t.Build],
     ),
 ]
