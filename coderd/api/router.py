@@ -30,6 +30,8 @@ from coderd.api.schema import (
 from coderd.deps import Coderd
 from coderd.store.base import Agent, Conflict, NotFound, Role, StoreError
 from relay.http import Request, Response, Upgrade
+from sdk.types.problems import ErrorBody
+from sdk.types.wire import json_schema
 
 log = logging.getLogger("burrow.coderd.api")
 
@@ -237,24 +239,7 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
                 "agentToken": {"type": "apiKey", "in": "header", "name": auth.AGENT_HEADER},
             },
             "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["message"],
-                    "properties": {
-                        "message": {"type": "string"},
-                        "detail": {"type": "string"},
-                        "validations": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "field": {"type": "string"},
-                                    "detail": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
+                "Error": json_schema(ErrorBody),
                 **components,
             },
         },

@@ -14,32 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdk import errors
+from sdk.types.problems import ErrorBody, Validation
 from sdk.types.wire import Wire, json_schema
 
 
-class ApiError(Exception):
-    """An HTTP error the client caused (4xx) or we report deliberately."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        detail: str | None = None,
-        validations: list[dict[str, str]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.detail = detail
-        self.validations = validations
+class ApiError(errors.ApiError):
+    """An HTTP error the client caused (4xx) or we report deliberately: the SDK's
+    ApiError (the one clients raise), which coderd also writes as the answer."""
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"message": self.message}
-        if self.detail is not None:
-            out["detail"] = self.detail
-        if self.validations:
-            out["validations"] = self.validations
-        return out
+        """The answer's JSON (:class:`sdk.types.ErrorBody`)."""
+        problems = [Validation(v.get("field", ""), v.get("detail", "")) for v in self.validations]
+        return ErrorBody(self.message, self.detail, problems or None).to_json()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sdk.types.agents import (
     Stats,
 )
 from sdk.types.jobs import JOB_KIND_BUILD, BuildInput, BuildResult, ProtocolError
+from sdk.types.problems import ErrorBody, Validation
 from sdk.types.templates import Template, TemplatePushed, TemplateVersion
 from sdk.types.users import FirstUser, Message, Session, Token, TokenCreated, User
 from sdk.types.wire import Wire, WireError, json_schema
@@ -30,10 +31,41 @@ from sdk.types.workspaces import (
 )
 
 __all__ = [
-    "JOB_KIND_BUILD", "AgentCounts", "AgentLogLine", "AgentLogs", "Build", "BuildInput",
-    "BuildLogLine", "BuildLogs", "BuildResult", "FirstUser", "Lifecycle", "LogsStored",
-    "Manifest", "Message", "Port", "Ports", "ProtocolError", "RelayMap", "RelayRegion",
-    "Resource", "ScriptLine", "ScriptLogs", "Session", "Stats", "Template", "TemplatePushed",
-    "TemplateVersion", "Token", "TokenCreated", "User", "Wire", "WireError", "Workspace",
-    "WorkspaceAgent", "json_schema",
+    "JOB_KIND_BUILD",
+    "AgentCounts",
+    "AgentLogLine",
+    "AgentLogs",
+    "Build",
+    "BuildInput",
+    "BuildLogLine",
+    "BuildLogs",
+    "BuildResult",
+    "ErrorBody",
+    "FirstUser",
+    "Lifecycle",
+    "LogsStored",
+    "Manifest",
+    "Message",
+    "Port",
+    "Ports",
+    "ProtocolError",
+    "RelayMap",
+    "RelayRegion",
+    "Resource",
+    "ScriptLine",
+    "ScriptLogs",
+    "Session",
+    "Stats",
+    "Template",
+    "TemplatePushed",
+    "TemplateVersion",
+    "Token",
+    "TokenCreated",
+    "User",
+    "Validation",
+    "Wire",
+    "WireError",
+    "Workspace",
+    "WorkspaceAgent",
+    "json_schema",
 ]
