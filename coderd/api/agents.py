@@ -7,8 +7,7 @@ import re
 import time
 from typing import Any
 
-from coderd.api import views
-from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
+from coderd.api.router import AGENT, AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.deps import Coderd
@@ -38,7 +37,7 @@ def relay_map(cd: Coderd) -> dict[str, Any]:
 
 
 async def get_relay_map(call: Call) -> Response:
-    return views.answer(200, relay_map_value(call.cd))
+    return answer(200, relay_map_value(call.cd))
 
 
 async def get_manifest(call: Call) -> Response:
@@ -51,7 +50,7 @@ async def get_manifest(call: Call) -> Response:
     if ws is None or owner is None:
         raise ApiError(401, "agent token is no longer valid")
     timeout = agent.options.get("startup_script_timeout")
-    return views.answer(200, t.Manifest(
+    return answer(200, t.Manifest(
         agent_id=agent.id,
         agent_name=agent.name,
         workspace_id=ws.id,
@@ -201,7 +200,7 @@ async def post_logs(call: Call) -> Response:
             raise _invalid("logs", "at must be UNIX seconds")
         lines.append(AgentLogLine(output=text, source=source, created_at=float(at)))
     stored = await call.cd.store.append_agent_logs(call.agent.id, lines, MAX_LOG_LINES)
-    return views.answer(200, t.LogsStored(stored, len(lines) - stored))
+    return answer(200, t.LogsStored(stored, len(lines) - stored))
 
 
 async def visible_agent(call: Call) -> tuple[Agent, Workspace]:
@@ -230,7 +229,7 @@ async def get_logs(call: Call) -> Response:
     if not 0 <= after < 2**62:
         raise _invalid("after", "must be a non-negative integer")
     logs = await store.get_agent_logs(agent.id, after, MAX_LOG_BATCH)
-    return views.answer(200, t.AgentLogs([
+    return answer(200, t.AgentLogs([
         t.AgentLogLine(id=line.id, at=line.created_at, source=line.source, text=line.output)
         for line in logs]))
 

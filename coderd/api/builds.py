@@ -6,7 +6,7 @@ import trio
 
 from coderd import pubsub
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, Call, Route
+from coderd.api.router import AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError
 from coderd.auth import has_role
 from coderd.builds import on_job_completed
@@ -32,7 +32,7 @@ async def _build(call: Call) -> Build:
 
 
 async def get_build(call: Call) -> Response:
-    return views.answer(200, await views.build_full(call.cd.store, await _build(call)))
+    return answer(200, await views.build_full(call.cd.store, await _build(call)))
 
 
 def _number(call: Call, name: str, default: float, low: float, high: float) -> float:
@@ -68,7 +68,7 @@ async def get_logs(call: Call) -> Response:
                         break
         logs = await store.get_job_logs(b.job_id, after)
         job = await store.get_job(b.job_id)
-    return views.answer(200, BuildLogs(
+    return answer(200, BuildLogs(
         logs=[views.log_line(ln) for ln in logs],
         status=job.status.value if job else JobStatus.FAILED.value,
         done=job is None or job.completed_at is not None,
@@ -81,7 +81,7 @@ async def cancel(call: Call) -> Response:
     if job.status is JobStatus.CANCELED:
         await on_job_completed(job, call.cd.store, call.cd.pubsub)
     await call.cd.pubsub.publish(pubsub.job_logs_channel(job.id), "cancel")
-    return views.answer(200, views.build(b, job))
+    return answer(200, views.build(b, job))
 
 
 ROUTES = [

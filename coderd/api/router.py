@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from coderd.deps import Coderd
 from coderd.store.base import Agent, Conflict, NotFound, Role, StoreError
 from relay.http import Request, Response, Upgrade
 from sdk.types.problems import ErrorBody
-from sdk.types.wire import json_schema
+from sdk.types.wire import Wire, json_schema
 
 log = logging.getLogger("burrow.coderd.api")
 
@@ -66,6 +66,15 @@ class Call:
 
 
 RouteFn = Callable[[Call], Awaitable[Response | None]]
+
+
+def answer(
+    status: int, value: Wire | Sequence[Wire], headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """A JSON response of one :mod:`sdk.types` value or a list of them."""
+    if isinstance(value, Wire):
+        return Response.json(status, value.to_json(), headers)
+    return Response.json(status, [v.to_json() for v in value], headers)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, Call, Route
+from coderd.api.router import AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError
 from coderd.archive import MAX_UPLOAD, ArchiveError, check_template_archive
 from coderd.store.base import Conflict, Role, Template
@@ -26,17 +26,17 @@ async def _template(call: Call) -> Template:
 
 
 async def list_templates(call: Call) -> Response:
-    return views.answer(200, [views.template(t) for t in await call.cd.store.list_templates()])
+    return answer(200, [views.template(t) for t in await call.cd.store.list_templates()])
 
 
 async def get_template(call: Call) -> Response:
-    return views.answer(200, views.template(await _template(call)))
+    return answer(200, views.template(await _template(call)))
 
 
 async def list_versions(call: Call) -> Response:
     tmpl = await _template(call)
     versions = await call.cd.store.list_template_versions(tmpl.id)
-    return views.answer(200, [views.version(v) for v in versions])
+    return answer(200, [views.version(v) for v in versions])
 
 
 def _tags(values: list[str]) -> dict[str, str]:
@@ -82,7 +82,7 @@ async def push_version(call: Call) -> Response:
         )
     except Conflict:
         raise ApiError(409, "that version name exists for this template") from None
-    return views.answer(201, TemplatePushed(views.template(tmpl), views.version(version), files))
+    return answer(201, TemplatePushed(views.template(tmpl), views.version(version), files))
 
 
 ROUTES = [

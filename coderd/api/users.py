@@ -7,7 +7,7 @@ import urllib.parse
 
 from coderd import auth
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, PUBLIC, Call, Route, optional_auth
+from coderd.api.router import AUTHENTICATED, PUBLIC, Call, Route, answer, optional_auth
 from coderd.api.schema import ApiError, Field
 from coderd.store.base import Conflict, Role
 from relay.http import Response
@@ -47,11 +47,11 @@ async def _session_response(
     headers = [("Set-Cookie", cookie)]
     if redirect is not None:
         headers.append(("Location", redirect))
-    return views.answer(status, Session(token, key.expires_at, user_id, redirect), headers)
+    return answer(status, Session(token, key.expires_at, user_id, redirect), headers)
 
 
 async def get_first(call: Call) -> Response:
-    return views.answer(200, FirstUser(await call.cd.store.count_users() > 0))
+    return answer(200, FirstUser(await call.cd.store.count_users() > 0))
 
 
 async def post_first(call: Call) -> Response:
@@ -89,15 +89,15 @@ async def logout(call: Call) -> Response:
     if who is not None:
         await call.cd.store.delete_api_key(who.key.id)
     expired = f"{auth.SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
-    return views.answer(200, Message("logged out"), [("Set-Cookie", expired)])
+    return answer(200, Message("logged out"), [("Set-Cookie", expired)])
 
 
 async def me(call: Call) -> Response:
-    return views.answer(200, views.user(call.user))
+    return answer(200, views.user(call.user))
 
 
 async def list_users(call: Call) -> Response:
-    return views.answer(200, [views.user(u) for u in await call.cd.store.list_users()])
+    return answer(200, [views.user(u) for u in await call.cd.store.list_users()])
 
 
 async def create_user(call: Call) -> Response:
@@ -115,7 +115,7 @@ async def create_user(call: Call) -> Response:
         user = await call.cd.store.create_user(b["username"], b["email"], hashed, tuple(roles))
     except Conflict:
         raise ApiError(409, "a user with that username or email exists") from None
-    return views.answer(201, views.user(user))
+    return answer(201, views.user(user))
 
 
 async def create_token(call: Call) -> Response:
@@ -123,13 +123,13 @@ async def create_token(call: Call) -> Response:
     token, key = await auth.issue_key(
         call.cd.store, call.user.id, kind="token", name=call.body.get("name", ""), lifetime=lifetime
     )
-    return views.answer(201, TokenCreated(token, key.id, key.expires_at))
+    return answer(201, TokenCreated(token, key.id, key.expires_at))
 
 
 async def list_tokens(call: Call) -> Response:
     keys = await call.cd.store.list_api_keys(call.user.id, "token")
     now = time.time()
-    return views.answer(
+    return answer(
         200, [Token(k.id, k.name, k.created_at, k.expires_at, k.expires_at <= now) for k in keys]
     )
 

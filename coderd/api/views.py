@@ -1,11 +1,10 @@
 """The API's records as the typed values of :mod:`sdk.types` (never secrets or
-password hashes): the routes answer with ``value.to_json()``, the clients parse
-the same classes, so the JSON shape has one definition."""
+password hashes): the routes answer with them (``coderd.api.router.answer``),
+the clients parse the same classes, so the JSON shape has one definition."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 from coderd.store.base import (
     Agent,
@@ -22,17 +21,7 @@ from coderd.store.base import (
     Workspace,
     WorkspaceDetail,
 )
-from relay.http import Response
 from sdk import types as t
-
-
-def answer(
-    status: int, value: t.Wire | Sequence[t.Wire], headers: Sequence[tuple[str, str]] = ()
-) -> Response:
-    """A JSON response of one typed value or a list of them."""
-    if isinstance(value, t.Wire):
-        return Response.json(status, value.to_json(), headers)
-    return Response.json(status, [v.to_json() for v in value], headers)
 
 
 def user(u: User) -> t.User:

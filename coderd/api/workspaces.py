@@ -6,7 +6,7 @@ import dataclasses
 
 from coderd import builds
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, Call, Route
+from coderd.api.router import AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.store.base import Role, Workspace
@@ -55,13 +55,13 @@ async def create_workspace(call: Call) -> Response:
         raise ApiError(409, "a workspace with that name exists", b["name"])
     ws = await store.create_workspace(b["name"], owner.id, tmpl.id)
     await builds.start_build(call.cd, ws, "start", call.user.id, b.get("variables", {}))
-    return views.answer(201, await views.workspace(store, ws))
+    return answer(201, await views.workspace(store, ws))
 
 
 async def list_workspaces(call: Call) -> Response:
     everyone = call.query("owner") == "all" and has_role(call.user, Role.OWNER)
     found = await call.cd.store.workspace_details(owner_id=None if everyone else call.user.id)
-    return views.answer(200, [views.workspace_detail(d) for d in found])
+    return answer(200, [views.workspace_detail(d) for d in found])
 
 
 async def get_workspace(call: Call) -> Response:
@@ -70,7 +70,7 @@ async def get_workspace(call: Call) -> Response:
     latest = await call.cd.store.latest_build(ws.id)
     if latest is not None:
         out = dataclasses.replace(out, latest_build=await views.build_full(call.cd.store, latest))
-    return views.answer(200, out)
+    return answer(200, out)
 
 
 async def create_build(call: Call) -> Response:
@@ -78,14 +78,14 @@ async def create_build(call: Call) -> Response:
     build, job = await builds.start_build(
         call.cd, ws, call.body["transition"], call.user.id, call.body.get("variables")
     )
-    return views.answer(201, views.build(build, job))
+    return answer(201, views.build(build, job))
 
 
 async def list_builds(call: Call) -> Response:
     ws = await find_workspace(call, call.params["workspace"])
     out = [views.build(b, await call.cd.store.get_job(b.job_id))
            for b in await call.cd.store.list_builds(ws.id)]
-    return views.answer(200, out)
+    return answer(200, out)
 
 
 ROUTES = [
