@@ -13,7 +13,6 @@ from coderd.builds import on_job_completed
 from coderd.store.base import Build, JobStatus, Role
 from relay.http import Response
 from sdk import types as t
-from sdk.types import BuildLogs
 
 MAX_WAIT = 30.0
 RECHECK = 1.0  # pubsub messages are hints: look again this often anyway
@@ -68,7 +67,7 @@ async def get_logs(call: Call) -> Response:
                         break
         logs = await store.get_job_logs(b.job_id, after)
         job = await store.get_job(b.job_id)
-    return answer(200, BuildLogs(
+    return answer(200, t.BuildLogs(
         logs=[views.log_line(ln) for ln in logs],
         status=job.status.value if job else JobStatus.FAILED.value,
         done=job is None or job.completed_at is not None,

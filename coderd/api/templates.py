@@ -11,7 +11,6 @@ from coderd.archive import MAX_UPLOAD, ArchiveError, check_template_archive
 from coderd.store.base import Conflict, Role, Template
 from relay.http import Response
 from sdk import types as t
-from sdk.types import TemplatePushed
 
 TEMPLATE_NAME = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
 TAG = r"[A-Za-z0-9_.-]{1,64}"
@@ -82,7 +81,7 @@ async def push_version(call: Call) -> Response:
         )
     except Conflict:
         raise ApiError(409, "that version name exists for this template") from None
-    return answer(201, TemplatePushed(views.template(tmpl), views.version(version), files))
+    return answer(201, t.TemplatePushed(views.template(tmpl), views.version(version), files))
 
 
 ROUTES = [

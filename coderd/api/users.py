@@ -12,7 +12,6 @@ from coderd.api.schema import ApiError, Field
 from coderd.store.base import Conflict, Role
 from relay.http import Response
 from sdk import types as t
-from sdk.types import FirstUser, Message, Session, Token, TokenCreated
 
 USERNAME = r"[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?"
 EMAIL = r"[^@\s]{1,64}@[^@\s]{1,190}"
@@ -47,11 +46,11 @@ async def _session_response(
     headers = [("Set-Cookie", cookie)]
     if redirect is not None:
         headers.append(("Location", redirect))
-    return answer(status, Session(token, key.expires_at, user_id, redirect), headers)
+    return answer(status, t.Session(token, key.expires_at, user_id, redirect), headers)
 
 
 async def get_first(call: Call) -> Response:
-    return answer(200, FirstUser(await call.cd.store.count_users() > 0))
+    return answer(200, t.FirstUser(await call.cd.store.count_users() > 0))
 
 
 async def post_first(call: Call) -> Response:
@@ -89,7 +88,7 @@ async def logout(call: Call) -> Response:
     if who is not None:
         await call.cd.store.delete_api_key(who.key.id)
     expired = f"{auth.SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
-    return answer(200, Message("logged out"), [("Set-Cookie", expired)])
+    return answer(200, t.Message("logged out"), [("Set-Cookie", expired)])
 
 
 async def me(call: Call) -> Response:
@@ -123,14 +122,14 @@ async def create_token(call: Call) -> Response:
     token, key = await auth.issue_key(
         call.cd.store, call.user.id, kind="token", name=call.body.get("name", ""), lifetime=lifetime
     )
-    return answer(201, TokenCreated(token, key.id, key.expires_at))
+    return answer(201, t.TokenCreated(token, key.id, key.expires_at))
 
 
 async def list_tokens(call: Call) -> Response:
     keys = await call.cd.store.list_api_keys(call.user.id, "token")
     now = time.time()
     return answer(
-        200, [Token(k.id, k.name, k.created_at, k.expires_at, k.expires_at <= now) for k in keys]
+        200, [t.Token(k.id, k.name, k.created_at, k.expires_at, k.expires_at <= now) for k in keys]
     )
 
 
