@@ -2,8 +2,8 @@
 
 A build is a workspace transition (start, stop, delete) carried out by one
 provisioner job.  :func:`start_build` writes the build and its job in one
-transaction (job input in the shape ``provisionerd.protocol.BuildInput``
-reads) and wakes daemons through pubsub.  When a daemon reports the job done,
+transaction (the job input is a :class:`sdk.types.BuildInput`, the type
+the daemon parses it with) and wakes daemons through pubsub.  When a daemon reports the job done,
 the provisioner API calls :func:`on_job_completed`, which stores the
 Terraform state, records resources and agents of a successful build, and
 marks a deleted workspace.  A build's state is its job's status.
@@ -11,15 +11,13 @@ marks a deleted workspace.  A build's state is its job's status.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -35,10 +33,12 @@ from coderd.store.base import (
     Store,
     Workspace,
 )
+from sdk.types import jobs as sdk_jobs
+from sdk.types.jobs import TRANSITIONS, BuildInput, BuildResult, ProtocolError, Transition
 
 log = logging.getLogger("burrow.coderd.builds")
 
-JOB_KIND_BUILD = "workspace_build"
+JOB_KIND_BUILD = sdk_jobs.JOB_KIND_BUILD
 # Job input a finished build no longer needs: the agent token (a secret) and
 # the template and state copies (blobs; the originals stay in their tables).
 REDACTED_INPUT = ("agent_token", "template", "state")
@@ -66,6 +66,7 @@ async def start_build(
     Raises:
         NotFound: the template, its version or the owner is gone.
         Conflict: the workspace's latest build is still in progress, or it is deleted.
+        ValueError: ``transition`` is not start, stop or delete.
     """
     store = cd.store
     if workspace.deleted:
@@ -87,17 +88,19 @@ async def start_build(
         raise NotFound("the template version or the owner is gone")
     state = await store.get_workspace_state(workspace.id)
     agent_token = secrets.token_urlsafe(32)
-    job_input: dict[str, Any] = {
-        "template": base64.b64encode(archive).decode("ascii"),
-        "transition": transition,
-        "workspace_name": workspace.name,
-        "workspace_owner": owner.username,
-        "agent_token": agent_token,
-        "access_url": cd.access_url,
-        "state": None if state is None else base64.b64encode(state).decode("ascii"),
-        "variables": dict(variables),
-        "workspace_id": workspace.id,
-    }
+    if transition not in TRANSITIONS:
+        raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}")
+    job_input = BuildInput(
+        template=archive,
+        transition=cast(Transition, transition),
+        workspace_name=workspace.name,
+        workspace_owner=owner.username,
+        agent_token=agent_token,
+        access_url=cd.access_url,
+        state=state,
+        variables=dict(variables),
+        workspace_id=workspace.id,
+    ).to_json()  # the store fills in build_id
     build, job = await store.create_build(
         workspace.id,
         version_id,
@@ -117,13 +120,14 @@ async def start_build(
     return build, job
 
 
-def _decode_state(value: Any) -> bytes | None:
-    if not isinstance(value, str):
-        return None
+def _outcome(job: Job) -> BuildResult:
+    """The job's result as the daemon's type; an invalid one yields nothing (logged)."""
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
+        return BuildResult.from_json(job.result or {})
+    except ProtocolError as exc:
+        log.warning("job %s: its result is not a build result (%s); nothing recorded",
+                    job.id, exc)
+        return BuildResult()
 
 
 def _resources(build_id: str, raw: Any) -> list[Resource]:
@@ -218,14 +222,14 @@ async def on_job_completed(
     build = await store.get_build_by_job(job.id)
     if build is None:
         return
-    result = job.result or {}
-    state = _decode_state(result.get("state"))
+    result = _outcome(job)
+    state = result.state
     if state is not None:
         await store.put_workspace_state(build.workspace_id, state)
     if job.status is JobStatus.SUCCEEDED:
         token_hash = await store.get_build_agent_token_hash(build.id) or ""
-        resources = _resources(build.id, result.get("resources"))
-        agents = _agents(build, token_hash, resources, result.get("agents"))
+        resources = _resources(build.id, result.resources)
+        agents = _agents(build, token_hash, resources, result.agents)
         await store.record_build_outputs(build.id, resources, agents)
         if build.transition == "delete":
             await store.mark_workspace_deleted(build.workspace_id)

@@ -8,7 +8,6 @@ so there is one code path.
 from __future__ import annotations
 
 import ssl
-import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,22 +16,10 @@ import trio_websocket
 
 from provisionerd import protocol
 from provisionerd.daemon import Connect, Unauthorized, WebSocketLike
+from sdk import provisioner
+from sdk.provisioner import websocket_url as websocket_url  # its home is the SDK
 
 CONNECT_TIMEOUT = 15.0
-
-
-def websocket_url(base_url: str) -> str:
-    """``http://host:port[/prefix]`` -> ``ws://host:port[/prefix]/api/v2/provisionerd``.
-
-    Raises:
-        ValueError: the URL is not http(s) or ws(s) or has no host.
-    """
-    parts = urllib.parse.urlsplit(base_url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.hostname:
-        raise ValueError(f"coderd URL must be http(s)://host[:port]: {base_url!r}")
-    path = parts.path.rstrip("/") + protocol.PATH
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 class _Held:
@@ -58,7 +45,8 @@ class _Held:
 
 @asynccontextmanager
 async def connector(
-    base_url: str, *, psk: str, ssl_context: ssl.SSLContext | None = None
+    base_url: str, *, psk: str, ssl_context: ssl.SSLContext | None = None,
+    ca_file: str | None = None,
 ) -> AsyncIterator[Connect]:
     """A ``connect`` callable for :class:`~provisionerd.daemon.ProvisionerDaemon`.
 
@@ -68,10 +56,15 @@ async def connector(
     and the connection's error (``OSError``, ``trio_websocket.HandshakeError``,
     ``trio.TooSlowError``) otherwise.
 
+    ``ssl_context`` (else one trusting ``ca_file``'s CAs, else the system's)
+    is used for a wss URL.
+
     Raises:
-        ValueError: bad ``base_url`` (at once).
+        ValueError: bad ``base_url`` or an unreadable ``ca_file`` (at once).
     """
     url = websocket_url(base_url)
+    if ssl_context is None:
+        ssl_context = provisioner.tls_context(base_url, ca_file)
     headers = [(protocol.PSK_HEADER.encode(), psk.encode())]
 
     async def hold(task_status: trio.TaskStatus[_Held]) -> None:

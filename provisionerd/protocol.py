@@ -37,20 +37,28 @@ valid message raises :class:`ProtocolError`; the receiver closes the
 connection with ``ProtocolError.close_code``.
 
 Job input for kind ``workspace_build`` is :class:`BuildInput`; the result is
-:class:`BuildResult` (both JSON objects; bytes are base64).
+:class:`BuildResult` (both JSON objects; bytes are base64).  Those two, the
+:class:`ProtocolError` they raise, and the endpoint's path, header and
+subprotocol live in the SDK (:mod:`sdk.types.jobs`, :mod:`sdk.provisioner`),
+because coderd writes what the daemon reads; this module re-exports them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar
 
-SUBPROTOCOL = "burrow-provisioner.v1"
-PSK_HEADER = "Burrow-Provisioner-PSK"
-PATH = "/api/v2/provisionerd"
+# Re-exported (``as``): the daemon and coderd import these from here.
+from sdk.provisioner import PATH as PATH
+from sdk.provisioner import PSK_HEADER as PSK_HEADER
+from sdk.provisioner import SUBPROTOCOL as SUBPROTOCOL
+from sdk.types.jobs import CLOSE_PROTOCOL_ERROR as CLOSE_PROTOCOL_ERROR
+from sdk.types.jobs import JOB_KIND_BUILD as JOB_KIND_BUILD
+from sdk.types.jobs import TRANSITIONS as TRANSITIONS
+from sdk.types.jobs import BuildInput as BuildInput
+from sdk.types.jobs import BuildResult as BuildResult
+from sdk.types.jobs import ProtocolError as ProtocolError
 
 MAX_MESSAGE = 64 * 1024 * 1024
 """Largest message in characters (a job carries a template archive and a state)."""
@@ -65,39 +73,11 @@ STATE_CHUNK = 256 * 1024
 MAX_STATE = 64 * 1024 * 1024
 """Most characters of base64 state coderd accepts for one job."""
 
-CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
 
-JOB_KIND_BUILD = "workspace_build"
-TRANSITIONS = ("start", "stop", "delete")
 LOG_STREAMS = ("stdout", "stderr", "provisioner")
-
-
-class ProtocolError(Exception):
-    """The peer sent something that is not a valid message.
-
-    Attributes:
-        close_code: the WebSocket close code to close the connection with.
-    """
-
-    def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
-        super().__init__(message)
-        self.close_code = close_code
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolError(f"{what} must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProtocolError(f"{what} is not valid base64") from exc
 
 
 def split_state(result: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
@@ -400,113 +380,3 @@ def decode(data: str | bytes) -> Message:
     if kind == "error":
         return Error(_Fields(obj, kind, {"type", "message"}).text("message", max_len=MAX_ERROR))
     raise ProtocolError(f"unknown message type {kind!r}")
-
-
-# ---- job input and result for kind "workspace_build" ---------------------
-
-
-@dataclass(frozen=True)
-class BuildInput:
-    """What coderd puts in ``Job.input`` for a workspace build."""
-
-    template: bytes
-    transition: Literal["start", "stop", "delete"]
-    workspace_name: str
-    workspace_owner: str
-    agent_token: str
-    access_url: str
-    state: bytes | None = None
-    variables: dict[str, str] = field(default_factory=dict)
-    workspace_id: str = ""
-    build_id: str = ""
-
-    def __repr__(self) -> str:  # never print the token
-        return (f"BuildInput(workspace={self.workspace_owner}/{self.workspace_name}, "
-                f"transition={self.transition}, build_id={self.build_id!r})")
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object (template and state base64-encoded)."""
-        return {
-            "template": _b64(self.template),
-            "transition": self.transition,
-            "workspace_name": self.workspace_name,
-            "workspace_owner": self.workspace_owner,
-            "agent_token": self.agent_token,
-            "access_url": self.access_url,
-            "state": None if self.state is None else _b64(self.state),
-            "variables": self.variables,
-            "workspace_id": self.workspace_id,
-            "build_id": self.build_id,
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> BuildInput:
-        """Validate a job input object.
-
-        Raises:
-            ProtocolError: a field is missing, mistyped or unknown.
-        """
-        f = _Fields(obj, "build input", {
-            "template", "transition", "workspace_name", "workspace_owner", "agent_token",
-            "access_url", "state", "variables", "workspace_id", "build_id",
-        })
-        transition = f.text("transition")
-        if transition not in TRANSITIONS:
-            raise ProtocolError(f"build input transition must be one of {TRANSITIONS}")
-        state = f.obj.get("state")
-        return cls(
-            template=_unb64(f.obj.get("template"), "build input template"),
-            transition=cast(Literal["start", "stop", "delete"], transition),
-            workspace_name=f.text("workspace_name"),
-            workspace_owner=f.text("workspace_owner"),
-            agent_token=f.text("agent_token"),
-            access_url=f.text("access_url"),
-            state=None if state is None else _unb64(state, "build input state"),
-            variables=f.strings("variables"),
-            workspace_id=f.opt_text("workspace_id") or "",
-            build_id=f.opt_text("build_id") or "",
-        )
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What the daemon puts in ``Complete.result`` for a workspace build.
-
-    ``resources``: ``[{address, type, name, kind: computational|peripheral,
-    lifetime: ephemeral|persistent}]``; ``agents``: ``[{name, resource, ...}]``
-    from the template's ``burrow_agents`` output.  A failed build may send a
-    result with only ``state`` (what terraform left behind) beside its error.
-    """
-
-    state: bytes | None
-    resources: list[dict[str, Any]] = field(default_factory=list)
-    agents: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object (state base64-encoded)."""
-        return {
-            "state": None if self.state is None else _b64(self.state),
-            "resources": self.resources,
-            "agents": self.agents,
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> BuildResult:
-        """Validate a build result object.
-
-        Raises:
-            ProtocolError: a field is missing, mistyped or unknown.
-        """
-        f = _Fields(obj, "build result", {"state", "resources", "agents"})
-        state = f.obj.get("state")
-        lists: dict[str, list[dict[str, Any]]] = {}
-        for key in ("resources", "agents"):
-            value = f.obj.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise ProtocolError(f"build result {key} must be a list of objects")
-            lists[key] = value
-        return cls(
-            state=None if state is None else _unb64(state, "build result state"),
-            resources=lists["resources"],
-            agents=lists["agents"],
-        )

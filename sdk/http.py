@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,14 @@ class Url:
     def base(self) -> str:
         """The URL back as text, without a trailing slash."""
         return f"{'https' if self.tls else 'http'}://{self.netloc}{self.path}"
+
+    def target(self, path: str, query: Mapping[str, str | Sequence[str]] | None = None) -> str:
+        """The request target of ``path`` under this base, with ``query``
+        (a list value repeats its key)."""
+        out = self.path + path
+        if query:
+            out += "?" + urllib.parse.urlencode(query, doseq=True)
+        return out
 
     def websocket(self, path: str) -> str:
         """The ``ws(s)://`` URL of ``path`` under this base."""

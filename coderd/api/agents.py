@@ -7,31 +7,37 @@ import re
 import time
 from typing import Any
 
-from coderd.api.router import AGENT, AUTHENTICATED, Call, Route
+from coderd.api.router import AGENT, AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.deps import Coderd
 from coderd.store.base import Agent, AgentLogLine, Role, Workspace
+from sdk import types as t
 from web.http import Response
 
 
+def relay_map_value(cd: Coderd) -> t.RelayMap:
+    """The regions clients and agents pick their home relay from (by latency).
+
+    Raises:
+        ValueError: a configured region is not a :class:`sdk.types.RelayRegion`.
+    """
+    if cd.relay_regions:
+        return t.RelayMap([t.RelayRegion.from_json(r) for r in cd.relay_regions])
+    primary = t.RelayRegion(
+        region_id=1, code="primary", name="primary (embedded)", url=cd.access_url,
+        derp_url=cd.access_url.rstrip("/") + "/derp", public_key="",
+    )
+    return t.RelayMap([primary])
+
+
 def relay_map(cd: Coderd) -> dict[str, Any]:
-    """The regions clients and agents pick their home relay from (by latency)."""
-    regions = cd.relay_regions or [
-        {
-            "region_id": 1,
-            "code": "primary",
-            "name": "primary (embedded)",
-            "url": cd.access_url,
-            "derp_url": cd.access_url.rstrip("/") + "/derp",
-            "public_key": "",
-        }
-    ]
-    return {"regions": regions}
+    """:func:`relay_map_value` as JSON (the coordinator's welcome carries it)."""
+    return relay_map_value(cd).to_json()
 
 
 async def get_relay_map(call: Call) -> Response:
-    return Response.json(200, relay_map(call.cd))
+    return answer(200, relay_map_value(call.cd))
 
 
 async def get_manifest(call: Call) -> Response:
@@ -43,28 +49,26 @@ async def get_manifest(call: Call) -> Response:
     owner = await store.get_user(ws.owner_id) if ws else None
     if ws is None or owner is None:
         raise ApiError(401, "agent token is no longer valid")
-    return Response.json(
-        200,
-        {
-            "agent_id": agent.id,
-            "agent_name": agent.name,
-            "workspace_id": ws.id,
-            "workspace_name": ws.name,
-            "owner_id": owner.id,
-            "owner_name": owner.username,
-            "build_id": agent.build_id,
-            "os": agent.os,
-            "arch": agent.arch,
-            "directory": agent.directory,
-            "startup_script": agent.startup_script,
-            "env": dict(agent.env),
-            "shutdown_script": str(agent.options.get("shutdown_script", "")),
-            "startup_script_timeout": agent.options.get("startup_script_timeout"),
-            "start_blocks_login": bool(agent.options.get("start_blocks_login", False)),
-            "access_url": call.cd.access_url,
-            "relay_map": relay_map(call.cd),
-        },
-    )
+    timeout = agent.options.get("startup_script_timeout")
+    return answer(200, t.Manifest(
+        agent_id=agent.id,
+        agent_name=agent.name,
+        workspace_id=ws.id,
+        workspace_name=ws.name,
+        owner_id=owner.id,
+        owner_name=owner.username,
+        build_id=agent.build_id,
+        os=agent.os,
+        arch=agent.arch,
+        directory=agent.directory,
+        startup_script=agent.startup_script,
+        env=dict(agent.env),
+        shutdown_script=str(agent.options.get("shutdown_script", "")),
+        startup_script_timeout=float(timeout) if timeout is not None else None,
+        start_blocks_login=bool(agent.options.get("start_blocks_login", False)),
+        access_url=call.cd.access_url,
+        relay_map=relay_map_value(call.cd),
+    ))
 
 
 LIFECYCLE_STATES = (
@@ -196,7 +200,7 @@ async def post_logs(call: Call) -> Response:
             raise _invalid("logs", "at must be UNIX seconds")
         lines.append(AgentLogLine(output=text, source=source, created_at=float(at)))
     stored = await call.cd.store.append_agent_logs(call.agent.id, lines, MAX_LOG_LINES)
-    return Response.json(200, {"stored": stored, "dropped": len(lines) - stored})
+    return answer(200, t.LogsStored(stored, len(lines) - stored))
 
 
 async def visible_agent(call: Call) -> tuple[Agent, Workspace]:
@@ -225,19 +229,21 @@ async def get_logs(call: Call) -> Response:
     if not 0 <= after < 2**62:
         raise _invalid("after", "must be a non-negative integer")
     logs = await store.get_agent_logs(agent.id, after, MAX_LOG_BATCH)
-    return Response.json(200, {"logs": [
-        {"id": line.id, "at": line.created_at, "source": line.source, "text": line.output}
-        for line in logs]})
+    return answer(200, t.AgentLogs([
+        t.AgentLogLine(id=line.id, at=line.created_at, source=line.source, text=line.output)
+        for line in logs]))
 
 
 ROUTES = [
-    Route("GET", "/relaymap", get_relay_map, AUTHENTICATED, "The relay regions"),
+    Route("GET", "/relaymap", get_relay_map, AUTHENTICATED, "The relay regions",
+          returns=t.RelayMap),
     Route(
         "GET", "/workspaceagents/me/manifest", get_manifest, AGENT,
         "The calling agent's manifest (Burrow-Agent-Token header)",
+        returns=t.Manifest,
     ),
     Route("GET", "/workspaceagents/me/relaymap", get_relay_map, AGENT,
-          "The relay regions, for agents"),
+          "The relay regions, for agents", returns=t.RelayMap),
     Route(
         "POST", "/workspaceagents/me/lifecycle", post_lifecycle, AGENT,
         "Report the agent's lifecycle state",
@@ -273,9 +279,11 @@ ROUTES = [
         body={"logs": Field("array", required=True, description="[{text, at?: UNIX seconds}]"),
               "source": Field("string", enum=LOG_SOURCES, max_len=32)},
         responses={200: "{stored, dropped}"},
+        returns=t.LogsStored,
     ),
     Route(
         "GET", "/workspaceagents/{agent}/logs", get_logs, AUTHENTICATED,
         "The agent's script output after id ?after=N (1000 lines at most)",
+        returns=t.AgentLogs,
     ),
 ]

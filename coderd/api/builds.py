@@ -6,11 +6,12 @@ import trio
 
 from coderd import pubsub
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, Call, Route
+from coderd.api.router import AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError
 from coderd.auth import has_role
 from coderd.builds import on_job_completed
 from coderd.store.base import Build, JobStatus, Role
+from sdk import types as t
 from web.http import Response
 
 MAX_WAIT = 30.0
@@ -30,7 +31,7 @@ async def _build(call: Call) -> Build:
 
 
 async def get_build(call: Call) -> Response:
-    return Response.json(200, await views.build_full(call.cd.store, await _build(call)))
+    return answer(200, await views.build_full(call.cd.store, await _build(call)))
 
 
 def _number(call: Call, name: str, default: float, low: float, high: float) -> float:
@@ -66,14 +67,11 @@ async def get_logs(call: Call) -> Response:
                         break
         logs = await store.get_job_logs(b.job_id, after)
         job = await store.get_job(b.job_id)
-    return Response.json(
-        200,
-        {
-            "logs": [views.log_line(ln) for ln in logs],
-            "status": job.status.value if job else JobStatus.FAILED.value,
-            "done": job is None or job.completed_at is not None,
-        },
-    )
+    return answer(200, t.BuildLogs(
+        logs=[views.log_line(ln) for ln in logs],
+        status=job.status.value if job else JobStatus.FAILED.value,
+        done=job is None or job.completed_at is not None,
+    ))
 
 
 async def cancel(call: Call) -> Response:
@@ -82,14 +80,17 @@ async def cancel(call: Call) -> Response:
     if job.status is JobStatus.CANCELED:
         await on_job_completed(job, call.cd.store, call.cd.pubsub)
     await call.cd.pubsub.publish(pubsub.job_logs_channel(job.id), "cancel")
-    return Response.json(200, views.build(b, job))
+    return answer(200, views.build(b, job))
 
 
 ROUTES = [
-    Route("GET", "/builds/{build}", get_build, AUTHENTICATED, "A build with resources and agents"),
+    Route("GET", "/builds/{build}", get_build, AUTHENTICATED, "A build with resources and agents",
+          returns=t.Build),
     Route(
         "GET", "/builds/{build}/logs", get_logs, AUTHENTICATED,
         "Build logs after id ?after=N; ?wait=S long-polls up to 30 s for more",
+        returns=t.BuildLogs,
     ),
-    Route("PATCH", "/builds/{build}/cancel", cancel, AUTHENTICATED, "Cancel a build"),
+    Route("PATCH", "/builds/{build}/cancel", cancel, AUTHENTICATED, "Cancel a build",
+          returns=t.Build),
 ]

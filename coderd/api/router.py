@@ -14,14 +14,23 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from coderd import auth
-from coderd.api.schema import ApiError, Schema, parse_json_body, schema_openapi
+from coderd.api.schema import (
+    ApiError,
+    Returns,
+    Schema,
+    parse_json_body,
+    returns_openapi,
+    schema_openapi,
+)
 from coderd.deps import Coderd
 from coderd.store.base import Agent, Conflict, NotFound, Role, StoreError
+from sdk.types.problems import ErrorBody
+from sdk.types.wire import Wire, json_schema
 from web.http import Request, Response, Upgrade
 
 log = logging.getLogger("burrow.coderd.api")
@@ -59,6 +68,15 @@ class Call:
 RouteFn = Callable[[Call], Awaitable[Response | None]]
 
 
+def answer(
+    status: int, value: Wire | Sequence[Wire], headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """A JSON response of one :mod:`sdk.types` value or a list of them."""
+    if isinstance(value, Wire):
+        return Response.json(status, value.to_json(), headers)
+    return Response.json(status, [v.to_json() for v in value], headers)
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -70,6 +88,9 @@ class Route:
     raw_body: str | None = None  # content type of a non-JSON body (e.g. a tar)
     max_body: int = JSON_BODY_MAX
     responses: dict[int, str] = field(default_factory=lambda: {200: "OK"})
+    # The sdk.types class of the success answer (``[cls]``: a list of them);
+    # the OpenAPI response schema is derived from its fields.
+    returns: Returns | None = None
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -172,8 +193,10 @@ async def optional_auth(call: Call) -> auth.Authenticated | None:
 
 
 def openapi(routes: list[Route]) -> dict[str, Any]:
-    """The OpenAPI 3.0 document describing ``routes``."""
+    """The OpenAPI 3.1 document describing ``routes`` (3.1: its schemas are JSON
+    Schema, which is what the response types derive)."""
     paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {}
     for r in routes:
         params = re.findall(r"\{([a-z_]+)\}", r.path)
         op: dict[str, Any] = {
@@ -195,6 +218,10 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
             },
             "x-burrow-role": r.auth,
         }
+        if r.returns is not None:
+            ok = min(code for code in r.responses if 200 <= code < 300)
+            op["responses"][str(ok)]["content"] = {
+                "application/json": {"schema": returns_openapi(r.returns, components)}}
         if r.auth == AGENT:
             op["security"] = [{"agentToken": []}]
         elif r.auth != PUBLIC:
@@ -211,7 +238,7 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
             }
         paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "burrow coderd API", "version": "2"},
         "paths": paths,
         "components": {
@@ -221,24 +248,8 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
                 "agentToken": {"type": "apiKey", "in": "header", "name": auth.AGENT_HEADER},
             },
             "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["message"],
-                    "properties": {
-                        "message": {"type": "string"},
-                        "detail": {"type": "string"},
-                        "validations": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "field": {"type": "string"},
-                                    "detail": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                }
+                "Error": json_schema(ErrorBody),
+                **components,
             },
         },
     }

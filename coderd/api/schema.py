@@ -14,30 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdk import errors
+from sdk.types.problems import ErrorBody, Validation
+from sdk.types.wire import Wire, json_schema
 
-class ApiError(Exception):
-    """An HTTP error the client caused (4xx) or we report deliberately."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        detail: str | None = None,
-        validations: list[dict[str, str]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.detail = detail
-        self.validations = validations
+class ApiError(errors.ApiError):
+    """An HTTP error the client caused (4xx) or we report deliberately: the SDK's
+    ApiError (the one clients raise), which coderd also writes as the answer."""
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"message": self.message}
-        if self.detail is not None:
-            out["detail"] = self.detail
-        if self.validations:
-            out["validations"] = self.validations
-        return out
+        """The answer's JSON (:class:`sdk.types.ErrorBody`)."""
+        problems = [Validation(v.get("field", ""), v.get("detail", "")) for v in self.validations]
+        return ErrorBody(self.message, self.detail, problems or None).to_json()
 
 
 @dataclass(frozen=True)
@@ -158,6 +147,19 @@ def parse_json_body(body: bytes, schema: Schema) -> dict[str, Any]:
     if problems:
         raise ApiError(400, "invalid request body", validations=problems)
     return obj
+
+
+Returns = type[Wire] | list[type[Wire]]
+"""What a route answers with: one :mod:`sdk.types` class, or ``[cls]`` for a list of them."""
+
+
+def returns_openapi(returns: Returns, components: dict[str, Any]) -> dict[str, Any]:
+    """The response schema of ``returns`` (a ``$ref``); adds the class's schema,
+    derived from its fields, to ``components``."""
+    cls = returns[0] if isinstance(returns, list) else returns
+    components.setdefault(cls.__name__, json_schema(cls))
+    ref = {"$ref": f"#/components/schemas/{cls.__name__}"}
+    return {"type": "array", "items": ref} if isinstance(returns, list) else ref
 
 
 def schema_openapi(schema: Schema) -> dict[str, Any]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, Call, Route
+from coderd.api.router import AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError
 from coderd.archive import MAX_UPLOAD, ArchiveError, check_template_archive
 from coderd.store.base import Conflict, Role, Template
+from sdk import types as t
 from web.http import Response
 
 TEMPLATE_NAME = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
@@ -24,17 +25,17 @@ async def _template(call: Call) -> Template:
 
 
 async def list_templates(call: Call) -> Response:
-    return Response.json(200, [views.template(t) for t in await call.cd.store.list_templates()])
+    return answer(200, [views.template(t) for t in await call.cd.store.list_templates()])
 
 
 async def get_template(call: Call) -> Response:
-    return Response.json(200, views.template(await _template(call)))
+    return answer(200, views.template(await _template(call)))
 
 
 async def list_versions(call: Call) -> Response:
     tmpl = await _template(call)
     versions = await call.cd.store.list_template_versions(tmpl.id)
-    return Response.json(200, [views.version(v) for v in versions])
+    return answer(200, [views.version(v) for v in versions])
 
 
 def _tags(values: list[str]) -> dict[str, str]:
@@ -80,22 +81,24 @@ async def push_version(call: Call) -> Response:
         )
     except Conflict:
         raise ApiError(409, "that version name exists for this template") from None
-    return Response.json(
-        201, {"template": views.template(tmpl), "version": views.version(version), "files": files}
-    )
+    return answer(201, t.TemplatePushed(views.template(tmpl), views.version(version), files))
 
 
 ROUTES = [
-    Route("GET", "/templates", list_templates, AUTHENTICATED, "List templates"),
-    Route("GET", "/templates/{template}", get_template, AUTHENTICATED, "A template (id or name)"),
+    Route("GET", "/templates", list_templates, AUTHENTICATED, "List templates",
+          returns=[t.Template]),
+    Route("GET", "/templates/{template}", get_template, AUTHENTICATED, "A template (id or name)",
+          returns=t.Template),
     Route(
         "GET", "/templates/{template}/versions", list_versions, AUTHENTICATED,
         "A template's versions",
+        returns=[t.TemplateVersion],
     ),
     Route(
         "POST", "/templates/{template}/versions", push_version, Role.TEMPLATE_ADMIN,
         "Push a new version (a tar of .tf files) and make it active; creates the template "
         "if needed. Query: description, version, tag=k=v (repeatable: provisioner tags).",
         raw_body="application/x-tar", max_body=MAX_UPLOAD, responses={201: "created"},
+        returns=t.TemplatePushed,
     ),
 ]

@@ -7,9 +7,10 @@ import urllib.parse
 
 from coderd import auth
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, PUBLIC, Call, Route, optional_auth
+from coderd.api.router import AUTHENTICATED, PUBLIC, Call, Route, answer, optional_auth
 from coderd.api.schema import ApiError, Field
 from coderd.store.base import Conflict, Role
+from sdk import types as t
 from web.http import Response
 
 USERNAME = r"[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?"
@@ -35,22 +36,21 @@ def _check_password(password: str) -> None:
 
 
 async def _session_response(
-    call: Call, user_id: str, status: int, extra: dict[str, str]
+    call: Call, user_id: str, status: int, redirect: str | None = None
 ) -> Response:
     token, key = await auth.issue_key(
         call.cd.store, user_id, kind="session", lifetime=auth.SESSION_LIFETIME
     )
     secure = call.request.scheme == "https" or call.cd.secure_cookies
     cookie = auth.session_cookie(token, secure=secure, max_age=int(auth.SESSION_LIFETIME))
-    body = {"session_token": token, "expires_at": key.expires_at, **extra}
     headers = [("Set-Cookie", cookie)]
-    if "redirect" in extra:
-        headers.append(("Location", extra["redirect"]))
-    return Response.json(status, body, headers)
+    if redirect is not None:
+        headers.append(("Location", redirect))
+    return answer(status, t.Session(token, key.expires_at, user_id, redirect), headers)
 
 
 async def get_first(call: Call) -> Response:
-    return Response.json(200, {"exists": await call.cd.store.count_users() > 0})
+    return answer(200, t.FirstUser(await call.cd.store.count_users() > 0))
 
 
 async def post_first(call: Call) -> Response:
@@ -63,7 +63,7 @@ async def post_first(call: Call) -> Response:
         user = await call.cd.store.create_first_user(b["username"], b["email"], hashed)
     except Conflict:
         raise ApiError(409, "the first user already exists", "log in instead") from None
-    return await _session_response(call, user.id, 201, {"user_id": user.id})
+    return await _session_response(call, user.id, 201)
 
 
 async def login(call: Call) -> Response:
@@ -79,10 +79,8 @@ async def login(call: Call) -> Response:
     ok = await auth.verify_password(user.hashed_password if user else None, b["password"])
     if user is None or not ok:
         raise ApiError(401, "incorrect username or password")
-    extra = {"user_id": user.id}
-    if redirect:
-        extra["redirect"] = urllib.parse.quote(redirect, safe="/?&=%#:@!$'()*+,;~-._")
-    return await _session_response(call, user.id, 201, extra)
+    quoted = urllib.parse.quote(redirect, safe="/?&=%#:@!$'()*+,;~-._") if redirect else None
+    return await _session_response(call, user.id, 201, quoted)
 
 
 async def logout(call: Call) -> Response:
@@ -90,15 +88,15 @@ async def logout(call: Call) -> Response:
     if who is not None:
         await call.cd.store.delete_api_key(who.key.id)
     expired = f"{auth.SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
-    return Response.json(200, {"message": "logged out"}, [("Set-Cookie", expired)])
+    return answer(200, t.Message("logged out"), [("Set-Cookie", expired)])
 
 
 async def me(call: Call) -> Response:
-    return Response.json(200, views.user(call.user))
+    return answer(200, views.user(call.user))
 
 
 async def list_users(call: Call) -> Response:
-    return Response.json(200, [views.user(u) for u in await call.cd.store.list_users()])
+    return answer(200, [views.user(u) for u in await call.cd.store.list_users()])
 
 
 async def create_user(call: Call) -> Response:
@@ -116,7 +114,7 @@ async def create_user(call: Call) -> Response:
         user = await call.cd.store.create_user(b["username"], b["email"], hashed, tuple(roles))
     except Conflict:
         raise ApiError(409, "a user with that username or email exists") from None
-    return Response.json(201, views.user(user))
+    return answer(201, views.user(user))
 
 
 async def create_token(call: Call) -> Response:
@@ -124,24 +122,14 @@ async def create_token(call: Call) -> Response:
     token, key = await auth.issue_key(
         call.cd.store, call.user.id, kind="token", name=call.body.get("name", ""), lifetime=lifetime
     )
-    return Response.json(201, {"key": token, "id": key.id, "expires_at": key.expires_at})
+    return answer(201, t.TokenCreated(token, key.id, key.expires_at))
 
 
 async def list_tokens(call: Call) -> Response:
     keys = await call.cd.store.list_api_keys(call.user.id, "token")
     now = time.time()
-    return Response.json(
-        200,
-        [
-            {
-                "id": k.id,
-                "name": k.name,
-                "created_at": k.created_at,
-                "expires_at": k.expires_at,
-                "expired": k.expires_at <= now,
-            }
-            for k in keys
-        ],
+    return answer(
+        200, [t.Token(k.id, k.name, k.created_at, k.expires_at, k.expires_at <= now) for k in keys]
     )
 
 
@@ -154,11 +142,13 @@ async def delete_token(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/users/first", get_first, PUBLIC, "Whether the first user exists"),
+    Route("GET", "/users/first", get_first, PUBLIC, "Whether the first user exists",
+          returns=t.FirstUser),
     Route(
         "POST", "/users/first", post_first, PUBLIC,
         "Create the first user (the owner); only while there are no users",
         body=_new_user, responses={201: "created, with a session token"},
+        returns=t.Session,
     ),
     Route(
         "POST", "/users/login", login, PUBLIC, "Log in with a password",
@@ -168,10 +158,11 @@ ROUTES = [
             "redirect": Field("string", max_len=2048, description="same-origin path"),
         },
         responses={201: "a session token (also set as a cookie)"},
+        returns=t.Session,
     ),
-    Route("POST", "/users/logout", logout, PUBLIC, "End the current session"),
-    Route("GET", "/users/me", me, AUTHENTICATED, "The authenticated user"),
-    Route("GET", "/users", list_users, Role.OWNER, "List users"),
+    Route("POST", "/users/logout", logout, PUBLIC, "End the current session", returns=t.Message),
+    Route("GET", "/users/me", me, AUTHENTICATED, "The authenticated user", returns=t.User),
+    Route("GET", "/users", list_users, Role.OWNER, "List users", returns=[t.User]),
     Route(
         "POST", "/users", create_user, Role.OWNER, "Create a user",
         body={
@@ -179,6 +170,7 @@ ROUTES = [
             "roles": Field("string", max_len=64, description="comma-separated roles"),
         },
         responses={201: "created"},
+        returns=t.User,
     ),
     Route(
         "POST", "/users/me/tokens", create_token, AUTHENTICATED, "Create an API token",
@@ -189,8 +181,10 @@ ROUTES = [
             ),
         },
         responses={201: "the token, shown once"},
+        returns=t.TokenCreated,
     ),
-    Route("GET", "/users/me/tokens", list_tokens, AUTHENTICATED, "List your API tokens"),
+    Route("GET", "/users/me/tokens", list_tokens, AUTHENTICATED, "List your API tokens",
+          returns=[t.Token]),
     Route(
         "DELETE", "/users/me/tokens/{token}", delete_token, AUTHENTICATED,
         "Delete one of your API tokens", responses={204: "deleted"},

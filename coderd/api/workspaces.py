@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from coderd import builds
 from coderd.api import views
-from coderd.api.router import AUTHENTICATED, Call, Route
+from coderd.api.router import AUTHENTICATED, Call, Route, answer
 from coderd.api.schema import ApiError, Field
 from coderd.auth import has_role
 from coderd.store.base import Role, Workspace
+from sdk import types as t
 from web.http import Response
 
 WORKSPACE_NAME = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
@@ -52,13 +55,13 @@ async def create_workspace(call: Call) -> Response:
         raise ApiError(409, "a workspace with that name exists", b["name"])
     ws = await store.create_workspace(b["name"], owner.id, tmpl.id)
     await builds.start_build(call.cd, ws, "start", call.user.id, b.get("variables", {}))
-    return Response.json(201, await views.workspace(store, ws))
+    return answer(201, await views.workspace(store, ws))
 
 
 async def list_workspaces(call: Call) -> Response:
     everyone = call.query("owner") == "all" and has_role(call.user, Role.OWNER)
     found = await call.cd.store.workspace_details(owner_id=None if everyone else call.user.id)
-    return Response.json(200, [views.workspace_detail(d) for d in found])
+    return answer(200, [views.workspace_detail(d) for d in found])
 
 
 async def get_workspace(call: Call) -> Response:
@@ -66,8 +69,8 @@ async def get_workspace(call: Call) -> Response:
     out = await views.workspace(call.cd.store, ws)
     latest = await call.cd.store.latest_build(ws.id)
     if latest is not None:
-        out["latest_build"] = await views.build_full(call.cd.store, latest)
-    return Response.json(200, out)
+        out = dataclasses.replace(out, latest_build=await views.build_full(call.cd.store, latest))
+    return answer(200, out)
 
 
 async def create_build(call: Call) -> Response:
@@ -75,15 +78,14 @@ async def create_build(call: Call) -> Response:
     build, job = await builds.start_build(
         call.cd, ws, call.body["transition"], call.user.id, call.body.get("variables")
     )
-    return Response.json(201, views.build(build, job))
+    return answer(201, views.build(build, job))
 
 
 async def list_builds(call: Call) -> Response:
     ws = await find_workspace(call, call.params["workspace"])
-    out = []
-    for b in await call.cd.store.list_builds(ws.id):
-        out.append(views.build(b, await call.cd.store.get_job(b.job_id)))
-    return Response.json(200, out)
+    out = [views.build(b, await call.cd.store.get_job(b.job_id))
+           for b in await call.cd.store.list_builds(ws.id)]
+    return answer(200, out)
 
 
 ROUTES = [
@@ -97,14 +99,17 @@ ROUTES = [
             "owner": Field("string", max_len=254, description="owner only: another user"),
         },
         responses={201: "created; the first build is queued"},
+        returns=t.Workspace,
     ),
     Route(
         "GET", "/workspaces", list_workspaces, AUTHENTICATED,
         "Your workspaces (owners: ?owner=all for everyone's)",
+        returns=[t.Workspace],
     ),
     Route(
         "GET", "/workspaces/{workspace}", get_workspace, AUTHENTICATED,
         "A workspace (id, name, or owner.name) with its latest build",
+        returns=t.Workspace,
     ),
     Route(
         "POST", "/workspaces/{workspace}/builds", create_build, AUTHENTICATED,
@@ -116,9 +121,11 @@ ROUTES = [
             "variables": Field("string-map", description="default: the last build's"),
         },
         responses={201: "the build, queued"},
+        returns=t.Build,
     ),
     Route(
         "GET", "/workspaces/{workspace}/builds", list_builds, AUTHENTICATED,
         "A workspace's builds",
+        returns=[t.Build],
     ),
 ]
