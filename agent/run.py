@@ -35,7 +35,6 @@ moment, then everything is cancelled.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -59,6 +58,18 @@ from agent.ssh_adapter import SSHServer
 from agent.stats import ConnStats
 from derp.client import DerpClient
 from derp.keys import generate_private_key
+from peer.errors import MessageError
+from peer.messages import (
+    Node,
+    Peer,
+    PeerGone,
+    Welcome,
+    node_message,
+    parse_node,
+    parse_server_message,
+)
+from peer.relaymap import Region as RelayRegion
+from peer.relaymap import RelayMap
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
 from tunnel.stream import TunnelStream
@@ -167,18 +178,16 @@ def advertised_host(bound: str, coderd_url: str) -> str:
         return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
+def _regions(regions: tuple[RelayRegion, ...]) -> list[Region]:
+    return [Region(r.region_id, r.url) for r in regions if r.healthy]
+
+
 def parse_regions(relay_map: Any) -> list[Region]:
     """The usable regions of a relay map (malformed entries skipped)."""
-    out = []
-    regions = relay_map.get("regions") if isinstance(relay_map, dict) else None
-    for r in regions if isinstance(regions, list) else []:
-        if not isinstance(r, dict):
-            continue
-        rid, url = r.get("region_id"), r.get("url")
-        if isinstance(rid, int) and not isinstance(rid, bool) and isinstance(url, str) \
-                and url.startswith(("http://", "https://")):
-            out.append(Region(rid, url))
-    return out
+    try:
+        return _regions(RelayMap.parse(relay_map).regions)
+    except MessageError:
+        return []
 
 
 async def measure_regions(regions: list[Region], probes: int = 3,
@@ -293,36 +302,22 @@ class Agent:
     def _tunnel_stats(self) -> dict[str, object] | None:
         return None if self.endpoint is None else self.endpoint.stats()
 
-    def _node(self) -> dict[str, Any]:
+    def _node_message(self) -> str:
         assert self.endpoint is not None
         assert self.home is not None
-        node: dict[str, Any] = {"key": self.endpoint.public_key.hex(),
-                                "home_region": self.home.region_id}
-        if self.latency_ms:
-            node["region_latency_ms"] = {str(k): round(v, 3)
-                                         for k, v in list(self.latency_ms.items())[:32]}
-        if self.direct is not None:
-            host, port = self.direct
-            node["endpoints"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        return node
+        return node_message(self.endpoint.public_key, self.home.region_id, self.latency_ms,
+                            (self.direct,) if self.direct is not None else ())
 
-    def _on_peer(self, conn_id: str, node: Any) -> None:
-        key_hex = node.get("key") if isinstance(node, dict) else None
-        if not isinstance(key_hex, str) or len(key_hex) != 64:
-            return
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            return
+    def _on_peer(self, conn_id: str, node: Node | Any) -> None:
+        if not isinstance(node, Node):
+            try:
+                node = parse_node(node, strict=False)
+            except MessageError:
+                return
         assert self.endpoint is not None
-        endpoints = []
-        for e in node.get("endpoints") or []:
-            host, sep, port = str(e).rpartition(":")
-            if sep and port.isdigit() and host:
-                endpoints.append((host.strip("[]"), int(port)))
-        self.peers[conn_id] = key
-        self._gone_at.pop(key, None)
-        self.endpoint.set_peer(key, direct_endpoints=endpoints[:16])
+        self.peers[conn_id] = node.key
+        self._gone_at.pop(node.key, None)
+        self.endpoint.set_peer(node.key, direct_endpoints=list(node.endpoints))
 
     def _on_peer_gone(self, conn_id: str) -> None:
         key = self.peers.pop(conn_id, None)
@@ -343,11 +338,11 @@ class Agent:
             url, extra_headers=[self.api.auth_header], message_queue_size=64,
             max_message_size=256 * 1024, connect_timeout=15, disconnect_timeout=2,
         ) as ws:
-            welcome = json.loads(await ws.get_message())
-            if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
+            welcome = parse_server_message(await ws.get_message())
+            if not isinstance(welcome, Welcome):
                 raise CoderdUnreachable("coordinator did not welcome us")
-            self.regions = parse_regions(welcome.get("relay_map")) or self.regions
-            await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
+            self.regions = _regions(welcome.regions) or self.regions
+            await ws.send_message(self._node_message())
             self._ws = ws
             self.coordinator_connects += 1
             self.ready.set()
@@ -362,16 +357,15 @@ class Agent:
 
                 nursery.start_soon(heartbeat)
                 while True:
-                    msg = json.loads(await ws.get_message())
-                    if not isinstance(msg, dict):
+                    try:
+                        msg = parse_server_message(await ws.get_message())
+                    except MessageError as exc:
+                        log.warning("%s", exc)
                         continue
-                    kind = msg.get("type")
-                    if kind == "peer":
-                        self._on_peer(str(msg.get("id", "")), msg.get("node"))
-                    elif kind == "peer_gone":
-                        self._on_peer_gone(str(msg.get("id", "")))
-                    elif kind == "error":
-                        log.warning("coordinator: %s", str(msg.get("message"))[:200])
+                    if isinstance(msg, Peer):
+                        self._on_peer(msg.conn_id, msg.node)
+                    elif isinstance(msg, PeerGone):
+                        self._on_peer_gone(msg.conn_id)
 
     async def publish(self) -> None:
         """Send our node again (after it changed) if the coordinator is connected."""
@@ -380,7 +374,7 @@ class Agent:
             return
         with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError,
                                  trio.ClosedResourceError):
-            await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
+            await ws.send_message(self._node_message())
 
     async def _run_derp(self, client: DerpClient,
                         task_status: trio.TaskStatus[trio.CancelScope]) -> None:

@@ -39,19 +39,13 @@ from typing import Any
 import trio
 
 from burrow.access import wsclient
-from burrow.access.coordination import (
-    CoordinationError,
-    Node,
-    Peer,
-    Region,
-    Welcome,
-    node_message,
-    parse_server_message,
-)
 from burrow.access.progress import Progress
 from burrow.api_client import SESSION_HEADER, ApiError, Client, ConnectError
 from derp.client import DerpClient
 from derp.keys import generate_private_key
+from peer.errors import MessageError
+from peer.messages import Node, Peer, Welcome, node_message, parse_server_message
+from peer.relaymap import Region
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
 from tunnel.errors import StreamRefusedError, TunnelError
@@ -280,7 +274,7 @@ async def _next_message(ws: wsclient.WebSocket) -> Welcome | Peer | None:
             f"the coordinator closed the connection: {exc.reason or 'closed'}") from None
     try:
         msg = parse_server_message(text)
-    except CoordinationError as exc:
+    except MessageError as exc:
         raise AccessError(str(exc)) from None
     return msg if isinstance(msg, Welcome | Peer) else None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from burrow.access.coordination import Region
+from peer.relaymap import Region
 
 PATH = "/derp/latency-check"
 
