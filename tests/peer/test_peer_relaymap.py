@@ -66,3 +66,15 @@ def test_any_json_parses_or_raises_message_error(obj: object) -> None:
     with contextlib.suppress(MessageError):
         RelayMap.parse(obj)
         RelayMap.parse({"regions": [obj]})
+
+
+def test_the_servers_map_is_what_old_readers_parse() -> None:
+    from coderd.server import primary_relay_map
+
+    out = primary_relay_map("http://127.0.0.1:3000", "cd" * 32).to_json()
+    r = out["regions"][0]
+    assert {k: r[k] for k in ("region_id", "code", "name", "url", "derp_url", "public_key")} == {
+        "region_id": 1, "code": "primary", "name": "primary (embedded)",
+        "url": "http://127.0.0.1:3000", "derp_url": "http://127.0.0.1:3000/derp",
+        "public_key": "cd" * 32}
+    assert RelayMap.parse(out).usable[0].node_urls == ("http://127.0.0.1:3000",)
