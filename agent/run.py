@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import socket
 import time
@@ -49,7 +48,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from agent.http import CoderdClient, CoderdRefused, CoderdUnreachable, probe_latency
+from agent.http import CoderdClient, CoderdRefused, CoderdUnreachable
 from agent.lifecycle import State, shutdown_outcome, startup_outcome
 from agent.reports import Reporter
 from agent.scripts import LogLine, run_script
@@ -58,7 +57,9 @@ from agent.ssh_adapter import SSHServer
 from agent.stats import ConnStats
 from derp.client import DerpClient
 from derp.keys import generate_private_key
+from peer import latency
 from peer.errors import MessageError
+from peer.homing import fastest
 from peer.messages import (
     Node,
     Peer,
@@ -190,27 +191,19 @@ def parse_regions(relay_map: Any) -> list[Region]:
         return []
 
 
+def _as_relay_regions(regions: list[Region]) -> list[RelayRegion]:
+    return [RelayRegion(r.region_id, url=r.url) for r in regions]
+
+
 async def measure_regions(regions: list[Region], probes: int = 3,
                           timeout: float = 3.0) -> dict[int, float]:
-    """Median latency (ms) per region that answered, probed concurrently."""
-    results: dict[int, float] = {}
-
-    async def one(region: Region) -> None:
-        samples = []
-        for _ in range(probes):
-            try:
-                samples.append(await probe_latency(region.url, timeout=timeout))
-            except Exception as exc:  # any failure of a probe means: not this region
-                log.info("relay region %d (%s) unreachable: %s", region.region_id, region.url,
-                         exc)
-                return
-        samples.sort()
-        results[region.region_id] = samples[len(samples) // 2] * 1000
-
-    async with trio.open_nursery() as nursery:
-        for region in regions:
-            nursery.start_soon(one, region)
-    return results
+    """Median latency (ms) per region whose every probe answered, probed concurrently."""
+    results = await latency.measure_all(_as_relay_regions(regions), probes, timeout)
+    for r in results:
+        if r.error:
+            log.info("relay region %d (%s) unreachable: %s", r.region.region_id, r.region.url,
+                     r.error)
+    return latency.latency_ms(results)
 
 
 def pick_home(regions: list[Region], latency_ms: Mapping[int, float]) -> Region:
@@ -221,8 +214,8 @@ def pick_home(regions: list[Region], latency_ms: Mapping[int, float]) -> Region:
     """
     if not regions:
         raise AgentError("coderd's relay map has no usable region")
-    return min(regions, key=lambda r: (latency_ms.get(r.region_id, math.inf),
-                                       regions.index(r)))
+    best = fastest(latency_ms, [r.region_id for r in regions])
+    return next((r for r in regions if r.region_id == best), regions[0])
 
 
 async def fetch_manifest(api: CoderdClient, *, max_backoff: float = MAX_BACKOFF) -> dict[str, Any]:

@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from burrow.api_client import run_command, session_client
 
     async def main() -> int:
-        from burrow.access.netcheck import home, measure_all
         from peer.errors import MessageError
+        from peer.latency import home, measure_all
         from peer.relaymap import RelayMap
 
         client = session_client()

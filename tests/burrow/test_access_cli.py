@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from burrow.access.netcheck import home, measure_all
+from peer.latency import home, measure_all
 from peer.relaymap import Region
 from tests.burrow.server_proc import cli_env
 
