@@ -38,11 +38,11 @@ from typing import Any
 
 import trio
 
-from burrow.access import wsclient
 from burrow.access.progress import Progress
 from burrow.api_client import SESSION_HEADER, ApiError, Client, ConnectError
 from derp.client import DerpClient
 from derp.keys import generate_private_key
+from peer import wsclient
 from peer.errors import MessageError
 from peer.messages import Node, Peer, Welcome, node_message, parse_server_message
 from peer.relaymap import Region
