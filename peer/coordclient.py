@@ -201,7 +201,8 @@ class Coordinator:
                     refusals = 0
                 elif self.max_refusals is not None and refusals >= self.max_refusals:
                     raise
-            except (CoordinatorUnavailable, wsclient.ConnectionClosed) as exc:
+            except (CoordinatorUnavailable, wsclient.ConnectionClosed, OSError,
+                    trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("coordinator connection lost: %s", exc or type(exc).__name__)
             finally:
                 self._ws = None
