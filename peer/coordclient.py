@@ -204,6 +204,10 @@ class Coordinator:
             except (CoordinatorUnavailable, wsclient.ConnectionClosed, OSError,
                     trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("coordinator connection lost: %s", exc or type(exc).__name__)
+            except Exception as exc:
+                # A bug on our side or a peer we do not understand: the control
+                # plane's trouble must never end a peer (its sessions keep running).
+                log.warning("coordinator connection failed: %r", exc)
             finally:
                 self._ws = None
                 if ws is not None:

@@ -120,7 +120,11 @@ class WebSocket:
                             return "".join(p for p in parts if isinstance(p, str))
                         return b"".join(p for p in parts if not isinstance(p, str))
                 elif isinstance(event, Ping):
-                    await self._send(self._ws.send(event.response()))
+                    # A Close may already be parsed behind this Ping (a peer that
+                    # was frozen finds pings and the close queued together):
+                    # then the Pong is moot, and wsproto refuses to send it.
+                    if self._ws.state is ConnectionState.OPEN:
+                        await self._send(self._ws.send(event.response()))
                 elif isinstance(event, Pong):
                     waiter = self._pongs.get(bytes(event.payload))
                     if waiter is not None:
@@ -171,7 +175,11 @@ class WebSocket:
         waiter = self._pongs[payload] = trio.Event()
         try:
             self._check_open()
-            await self._send(self._ws.send(Ping(payload=payload)))
+            try:
+                wire = self._ws.send(Ping(payload=payload))
+            except LocalProtocolError as exc:  # closing
+                raise ConnectionClosed(str(exc)) from None
+            await self._send(wire)
             await waiter.wait()
             self._check_open()
         finally:
