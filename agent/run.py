@@ -1,24 +1,22 @@
 """``burrow agent``: the process in a workspace that users' tunnels end at.
 
-Theory of operation.  :func:`run_agent` fetches the manifest from coderd
-(retrying with backoff while coderd is unreachable), measures each relay
-region of the manifest's relay map (``/derp/latency-check``) and homes on
-the fastest, then runs for good:
+Theory of operation.  :meth:`Agent.run` fetches the manifest from coderd
+(retrying with backoff while coderd is unreachable), then wires the peer
+layer (:mod:`peer`) to its services and runs for good:
 
-* a :class:`~derp.client.DerpClient` to the home relay (it redials by itself)
-  and a tunnel :class:`~tunnel.endpoint.Endpoint` with the persisted node key,
-  plus a direct TCP listener whose address is advertised.  When the home
-  relay stays unreachable for ``rehome_after`` seconds, the agent probes the
-  other regions (the coordinator's latest relay map) and re-homes on the
-  fastest that answers: a new DerpClient becomes the endpoint's default path
-  (open sessions move to it; the tunnel retransmits what was lost) and the
-  new node is published;
-* the coordinator WebSocket: the agent publishes its node, and every client
-  node coderd forwards is a key that may open sessions (``set_peer``).  No
-  other key can: the endpoint refuses handshakes from unknown keys.  When the
-  WebSocket drops (coderd restarting) it is reopened with backoff; the keys
-  learnt stay authorised for ``PEER_GRACE`` seconds after their client left,
-  so open sessions are not cut by a control-plane hiccup;
+* a :class:`~peer.conn.PeerConn` with the persisted node key: it measures
+  each relay region of the manifest's relay map and homes on the fastest,
+  runs the tunnel endpoint over a DERP client to the home relay, listens for
+  direct paths (advertised in the node), re-homes when the home relay stays
+  unreachable for ``rehome_after`` seconds and, with hysteresis, when
+  another region is clearly faster for a while;
+* a :class:`~peer.coordclient.Coordinator`: the agent publishes its node, and
+  every client node coderd forwards is a key that may open sessions
+  (``set_peer``).  No other key can: the endpoint refuses handshakes from
+  unknown keys.  When the WebSocket drops (coderd restarting) it is reopened
+  with backoff; the keys learnt stay authorised for ``PEER_GRACE`` seconds
+  after their client left, so open sessions are not cut by a control-plane
+  hiccup.  ``TOKEN_REFUSALS`` refusals in a row end the agent;
 * services on incoming streams: ``ssh`` (SSHServer with the persisted host
   key, the manifest's env and directory, held behind the login gate while the
   startup script runs if ``start_blocks_login``), ``tcp:<port>``
@@ -35,9 +33,7 @@ moment, then everything is cancelled.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import socket
 import time
@@ -48,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_websocket
 
-from agent.http import CoderdClient, CoderdRefused, CoderdUnreachable, probe_latency
+from agent.http import CoderdClient, CoderdRefused, CoderdUnreachable
 from agent.lifecycle import State, shutdown_outcome, startup_outcome
 from agent.reports import Reporter
 from agent.scripts import LogLine, run_script
@@ -59,7 +54,14 @@ from agent.ssh_adapter import SSHServer
 from agent.stats import ConnStats
 from derp.client import DerpClient
 from derp.keys import generate_private_key
-from tunnel.derp_path import DerpPath
+from peer import latency
+from peer.conn import NoRegionError, PeerConn
+from peer.coordclient import Backoff, Coordinator, CoordinatorRefused
+from peer.errors import MessageError
+from peer.homing import fastest
+from peer.messages import Node, Peer, PeerGone, ServerMessage, Welcome, parse_node
+from peer.relaymap import Region as RelayRegion
+from peer.relaymap import RelayMap
 from tunnel.endpoint import Endpoint
 from tunnel.stream import TunnelStream
 
@@ -67,7 +69,6 @@ log = logging.getLogger("burrow.agent")
 
 PEER_GRACE = 300.0
 TOKEN_REFUSALS = 3  # consecutive 401/403 from the coordinator before the agent gives up
-REHOME_CHECK = 1.0  # seconds between looks at the home relay connection
 HEARTBEAT = 10.0
 MAX_BACKOFF = 30.0
 
@@ -113,6 +114,8 @@ class AgentOptions:
 
 @dataclass(frozen=True)
 class Region:
+    """A relay region as the agent's helpers below take it (id and URL)."""
+
     region_id: int
     url: str
 
@@ -167,41 +170,31 @@ def advertised_host(bound: str, coderd_url: str) -> str:
         return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
+def _regions(regions: tuple[RelayRegion, ...]) -> list[Region]:
+    return [Region(r.region_id, r.url) for r in regions if r.healthy]
+
+
 def parse_regions(relay_map: Any) -> list[Region]:
     """The usable regions of a relay map (malformed entries skipped)."""
-    out = []
-    regions = relay_map.get("regions") if isinstance(relay_map, dict) else None
-    for r in regions if isinstance(regions, list) else []:
-        if not isinstance(r, dict):
-            continue
-        rid, url = r.get("region_id"), r.get("url")
-        if isinstance(rid, int) and not isinstance(rid, bool) and isinstance(url, str) \
-                and url.startswith(("http://", "https://")):
-            out.append(Region(rid, url))
-    return out
+    try:
+        return _regions(RelayMap.parse(relay_map).regions)
+    except MessageError:
+        return []
+
+
+def _as_relay_regions(regions: list[Region]) -> list[RelayRegion]:
+    return [RelayRegion(r.region_id, url=r.url) for r in regions]
 
 
 async def measure_regions(regions: list[Region], probes: int = 3,
                           timeout: float = 3.0) -> dict[int, float]:
-    """Median latency (ms) per region that answered, probed concurrently."""
-    results: dict[int, float] = {}
-
-    async def one(region: Region) -> None:
-        samples = []
-        for _ in range(probes):
-            try:
-                samples.append(await probe_latency(region.url, timeout=timeout))
-            except Exception as exc:  # any failure of a probe means: not this region
-                log.info("relay region %d (%s) unreachable: %s", region.region_id, region.url,
-                         exc)
-                return
-        samples.sort()
-        results[region.region_id] = samples[len(samples) // 2] * 1000
-
-    async with trio.open_nursery() as nursery:
-        for region in regions:
-            nursery.start_soon(one, region)
-    return results
+    """Median latency (ms) per region whose every probe answered, probed concurrently."""
+    results = await latency.measure_all(_as_relay_regions(regions), probes, timeout)
+    for r in results:
+        if r.error:
+            log.info("relay region %d (%s) unreachable: %s", r.region.region_id, r.region.url,
+                     r.error)
+    return latency.latency_ms(results)
 
 
 def pick_home(regions: list[Region], latency_ms: Mapping[int, float]) -> Region:
@@ -212,8 +205,8 @@ def pick_home(regions: list[Region], latency_ms: Mapping[int, float]) -> Region:
     """
     if not regions:
         raise AgentError("coderd's relay map has no usable region")
-    return min(regions, key=lambda r: (latency_ms.get(r.region_id, math.inf),
-                                       regions.index(r)))
+    best = fastest(latency_ms, [r.region_id for r in regions])
+    return next((r for r in regions if r.region_id == best), regions[0])
 
 
 async def fetch_manifest(api: CoderdClient, *, max_backoff: float = MAX_BACKOFF) -> dict[str, Any]:
@@ -239,20 +232,6 @@ async def fetch_manifest(api: CoderdClient, *, max_backoff: float = MAX_BACKOFF)
         backoff = min(backoff * 2, max_backoff)
 
 
-def _describe(group: BaseExceptionGroup[BaseException]) -> str:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for e in exc.exceptions:
-                walk(e)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return "; ".join(f"{type(e).__name__}: {e}" for e in leaves)[:300]
-
-
 class Agent:
     """One running agent (see the module docstring).
 
@@ -264,19 +243,15 @@ class Agent:
         self.options = options
         self.api = CoderdClient(options.url, options.token)
         self.shutdown = trio.Event()
-        self.ready = trio.Event()  # set once the node was published the first time
         self.manifest: dict[str, Any] = {}
-        self.home: Region | None = None
-        self.regions: list[Region] = []
-        self.rehomes = 0
-        self._key = b""
-        self._derp_scope: trio.CancelScope | None = None
-        self._relay_nursery: trio.Nursery | None = None
-        self._ws: trio_websocket.WebSocketConnection | None = None
-        self.latency_ms: dict[int, float] = {}
-        self.endpoint: Endpoint | None = None
-        self.derp: DerpClient | None = None
-        self.direct: tuple[str, int] | None = None
+        self.conn: PeerConn | None = None  # made by run()
+        self.endpoint: Endpoint | None = None  # conn's endpoint (tests may set their own)
+        self.coordinator = Coordinator(
+            self.api.websocket_url("/workspaceagents/me/coordinate"), [self.api.auth_header],
+            lambda: self.conn.node() if self.conn is not None else None, self._on_message,
+            heartbeat=HEARTBEAT, max_refusals=TOKEN_REFUSALS, refused_statuses={401, 403},
+            backoff=Backoff(0.25, MAX_BACKOFF), on_lost=self._expire_peers)
+        self.ready = self.coordinator.welcomed  # set once the node was published the first time
         self.ssh_stats = ConnStats()
         self.tcp_stats = ConnStats()
         self.reporter = Reporter(self.api, interval=options.report_interval,
@@ -286,43 +261,49 @@ class Agent:
         self._startup_scope = trio.CancelScope()
         self.peers: dict[str, bytes] = {}  # coordinator conn id -> client key
         self._gone_at: dict[bytes, float] = {}  # client key -> when its last conn left
-        self.coordinator_connects = 0
+
+    @property
+    def home(self) -> RelayRegion | None:
+        return None if self.conn is None else self.conn.home
+
+    @property
+    def derp(self) -> DerpClient | None:
+        return None if self.conn is None else self.conn.derp
+
+    @property
+    def rehomes(self) -> int:
+        return 0 if self.conn is None else self.conn.rehomes
+
+    @property
+    def coordinator_connects(self) -> int:
+        return self.coordinator.connects
 
     # -- pieces ----------------------------------------------------------
 
     def _tunnel_stats(self) -> dict[str, object] | None:
         return None if self.endpoint is None else self.endpoint.stats()
 
-    def _node(self) -> dict[str, Any]:
-        assert self.endpoint is not None
-        assert self.home is not None
-        node: dict[str, Any] = {"key": self.endpoint.public_key.hex(),
-                                "home_region": self.home.region_id}
-        if self.latency_ms:
-            node["region_latency_ms"] = {str(k): round(v, 3)
-                                         for k, v in list(self.latency_ms.items())[:32]}
-        if self.direct is not None:
-            host, port = self.direct
-            node["endpoints"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        return node
+    def _on_message(self, msg: ServerMessage) -> None:
+        if isinstance(msg, Welcome):
+            if self.conn is not None and msg.regions:
+                self.conn.relay_map = msg.relay_map
+            log.info("coordinator connected (relay region %s)",
+                     self.home.region_id if self.home else "?")
+        elif isinstance(msg, Peer):
+            self._on_peer(msg.conn_id, msg.node)
+        elif isinstance(msg, PeerGone):
+            self._on_peer_gone(msg.conn_id)
 
-    def _on_peer(self, conn_id: str, node: Any) -> None:
-        key_hex = node.get("key") if isinstance(node, dict) else None
-        if not isinstance(key_hex, str) or len(key_hex) != 64:
-            return
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            return
+    def _on_peer(self, conn_id: str, node: Node | Any) -> None:
+        if not isinstance(node, Node):
+            try:
+                node = parse_node(node, strict=False)
+            except MessageError:
+                return
         assert self.endpoint is not None
-        endpoints = []
-        for e in node.get("endpoints") or []:
-            host, sep, port = str(e).rpartition(":")
-            if sep and port.isdigit() and host:
-                endpoints.append((host.strip("[]"), int(port)))
-        self.peers[conn_id] = key
-        self._gone_at.pop(key, None)
-        self.endpoint.set_peer(key, direct_endpoints=endpoints[:16])
+        self.peers[conn_id] = node.key
+        self._gone_at.pop(node.key, None)
+        self.endpoint.set_peer(node.key, direct_endpoints=list(node.endpoints))
 
     def _on_peer_gone(self, conn_id: str) -> None:
         key = self.peers.pop(conn_id, None)
@@ -330,129 +311,30 @@ class Agent:
             self._gone_at[key] = time.monotonic()
 
     def _expire_peers(self) -> None:
-        assert self.endpoint is not None
+        if self.endpoint is None:
+            return
         now = time.monotonic()
         for key, at in list(self._gone_at.items()):
             if now - at > PEER_GRACE:
                 del self._gone_at[key]
                 self.endpoint.remove_peer(key)
 
-    async def _coordinate_once(self) -> None:
-        url = self.api.websocket_url("/workspaceagents/me/coordinate")
-        async with trio_websocket.open_websocket_url(
-            url, extra_headers=[self.api.auth_header], message_queue_size=64,
-            max_message_size=256 * 1024, connect_timeout=15, disconnect_timeout=2,
-        ) as ws:
-            welcome = json.loads(await ws.get_message())
-            if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
-                raise CoderdUnreachable("coordinator did not welcome us")
-            self.regions = parse_regions(welcome.get("relay_map")) or self.regions
-            await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
-            self._ws = ws
-            self.coordinator_connects += 1
-            self.ready.set()
-            log.info("coordinator connected; node published (relay region %s)",
-                     self.home.region_id if self.home else "?")
-            async with trio.open_nursery() as nursery:
-                async def heartbeat() -> None:
-                    while True:
-                        await trio.sleep(HEARTBEAT)
-                        with trio.fail_after(HEARTBEAT):
-                            await ws.ping()
-
-                nursery.start_soon(heartbeat)
-                while True:
-                    msg = json.loads(await ws.get_message())
-                    if not isinstance(msg, dict):
-                        continue
-                    kind = msg.get("type")
-                    if kind == "peer":
-                        self._on_peer(str(msg.get("id", "")), msg.get("node"))
-                    elif kind == "peer_gone":
-                        self._on_peer_gone(str(msg.get("id", "")))
-                    elif kind == "error":
-                        log.warning("coordinator: %s", str(msg.get("message"))[:200])
-
     async def publish(self) -> None:
         """Send our node again (after it changed) if the coordinator is connected."""
-        ws = self._ws
-        if ws is None or ws.closed:
-            return
-        with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError,
-                                 trio.ClosedResourceError):
-            await ws.send_message(json.dumps({"type": "node", "node": self._node()}))
-
-    async def _run_derp(self, client: DerpClient,
-                        task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            await client.run()
-
-    async def switch_home(self, region: Region) -> None:
-        """Home on ``region``: a new DerpClient becomes the endpoint's default relay
-        (sessions move to it), the old one is closed, the new node is published."""
-        assert self._relay_nursery is not None
-        assert self.endpoint is not None
-        old_home, old_scope = self.home, self._derp_scope
-        client = DerpClient(region.url, self._key, force_websocket=self.options.force_websockets)
-        self._derp_scope = await self._relay_nursery.start(self._run_derp, client)
-        self.derp, self.home = client, region
-        self.endpoint.add_relay(DerpPath(client))
-        if old_scope is not None:
-            old_scope.cancel()
-        self.rehomes += 1
-        log.info("re-homed from region %s to region %d (%s)",
-                 old_home.region_id if old_home else "?", region.region_id, region.url)
-        await self.publish()
-
-    async def rehome_when_unreachable(self) -> None:
-        """Move to another region once the home relay was unreachable for ``rehome_after``."""
-        down_since: float | None = None
-        while True:
-            await trio.sleep(REHOME_CHECK)
-            if self.derp is None or self.derp.connected:
-                down_since = None
-                continue
-            now = trio.current_time()
-            if down_since is None:
-                down_since = now
-            if now - down_since < self.options.rehome_after:
-                continue
-            others = [r for r in self.regions if r != self.home]
-            latency = await measure_regions(others, probes=1, timeout=2.0) if others else {}
-            if not latency:
-                continue  # nowhere better to go; DerpClient keeps redialing home
-            self.latency_ms.update(latency)
-            await self.switch_home(pick_home([r for r in others if r.region_id in latency],
-                                             latency))
-            down_since = None
+        await self.coordinator.publish()
 
     async def coordinate(self) -> None:
-        """Hold the coordinator WebSocket, reopening it with backoff, forever."""
-        backoff = 0.25
-        refusals = 0
-        while True:
-            started = trio.current_time()
-            refused = False
-            try:
-                await self._coordinate_once()
-            except* trio_websocket.HandshakeError as group:
-                log.info("coordinator refused the connection: %s", _describe(group))
-                refused = any(getattr(e, "status_code", 0) in (401, 403) for e in group.exceptions)
-            except* Exception as group:
-                # Closed, reset, timed out, garbage: all the same to us -- reconnect.  Never
-                # let the control plane's trouble end the agent (sessions keep running).
-                log.info("coordinator connection lost: %s", _describe(group))
-            refusals = refusals + 1 if refused else 0
-            if refusals >= TOKEN_REFUSALS:
-                # The workspace was stopped, rebuilt or deleted: this agent has no job left.
-                raise AgentError("coderd no longer accepts the agent token (workspace stopped "
-                                 "or rebuilt?)")
-            if trio.current_time() - started > 10:
-                backoff = 0.25
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
-            self._expire_peers()
+        """Hold the coordinator WebSocket, reopening it with backoff, forever.
+
+        Raises:
+            AgentError: coderd kept refusing the agent token.
+        """
+        try:
+            await self.coordinator.run()
+        except CoordinatorRefused:
+            # The workspace was stopped, rebuilt or deleted: this agent has no job left.
+            raise AgentError("coderd no longer accepts the agent token (workspace stopped "
+                             "or rebuilt?)") from None
 
     async def _handle(self, router: ServiceRouter, peer: bytes, service: str,
                       stream: TunnelStream) -> None:
@@ -541,14 +423,10 @@ class Agent:
             self.manifest = await fetch_manifest(self.api)
             log.info("manifest: workspace %s, agent %s", self.manifest.get("workspace_name"),
                      self.manifest.get("agent_name"))
-            regions = self.regions = parse_regions(self.manifest.get("relay_map"))
-            self.latency_ms = await measure_regions(regions)
-            self.home = pick_home(regions, self.latency_ms)
-            self._key = key
-            log.info("home relay: region %d %s (%s)", self.home.region_id, self.home.url,
-                     ", ".join(f"{k}: {v:.1f} ms" for k, v in self.latency_ms.items()) or
-                     "no latency measured")
-            self.derp = DerpClient(self.home.url, key, force_websocket=opts.force_websockets)
+            try:
+                relay_map = RelayMap.parse(self.manifest.get("relay_map"))
+            except MessageError:
+                relay_map = RelayMap()
             gate = self.login_gate if self.manifest.get("start_blocks_login") else None
             try:
                 ssh = SSHServer(opts.data_dir / "ssh_host_ed25519_key", shell=opts.shell,
@@ -557,24 +435,31 @@ class Agent:
             except Exception as exc:  # HostKeyError, OSError
                 raise AgentError(f"cannot load the SSH host key: {exc}") from None
             router = ServiceRouter(ssh.serve_stream, tcp_stats=self.tcp_stats)
-            self.endpoint = Endpoint(
-                key, relay=DerpPath(self.derp),
+            conn = self.conn = PeerConn(
+                key, force_websocket=opts.force_websockets, rehome_after=opts.rehome_after,
                 allow=lambda peer, service: self._allow(router, peer, service))
+            endpoint = self.endpoint = conn.endpoint
+            conn.coordinator = self.coordinator
+            try:
+                home = await conn.choose_home(relay_map)
+            except NoRegionError:
+                raise AgentError("coderd's relay map has no usable region") from None
+            log.info("home relay: region %d %s (%s)", home.region_id, home.url,
+                     ", ".join(f"{k}: {v:.1f} ms" for k, v in conn.latency_ms.items()) or
+                     "no latency measured")
             async with trio.open_nursery() as inner:
-                self._relay_nursery = inner
-                self._derp_scope = await inner.start(self._run_derp, self.derp)
-                await inner.start(self.endpoint.run)
+                await conn.start(inner, home)
                 if opts.direct_address:
                     try:
-                        host, port = await self.endpoint.listen_direct(opts.direct_address, 0)
-                        self.direct = (advertised_host(host, self.api.url), port)
+                        await conn.listen_direct(
+                            opts.direct_address, lambda h: advertised_host(h, self.api.url))
                     except OSError as exc:
                         log.warning("no direct path: %s", exc)
-                endpoint = self.endpoint
                 inner.start_soon(endpoint.serve,
                                  lambda p, s, st: self._handle(router, p, s, st))
                 inner.start_soon(self.coordinate)
-                inner.start_soon(self.rehome_when_unreachable)
+                inner.start_soon(conn.rehome_when_unreachable)
+                inner.start_soon(conn.reprobe)
                 inner.start_soon(self.reporter.run_snapshots, self._expire_peers)
                 inner.start_soon(self.startup)
                 task_status.started()

@@ -21,17 +21,9 @@ replica does in process.  A newcomer publishes a ``hello`` so that the
 other side re-announces its node; nodes are also re-announced every
 ``REANNOUNCE`` seconds, which heals messages a full buffer dropped.
 
-Wire messages (JSON text frames)::
-
-    peer -> coderd   {"type": "node", "node": NODE}
-    coderd -> peer   {"type": "welcome", "id": CONN_ID, "relay_map": {...}}
-                     {"type": "peer", "id": PEER_CONN_ID, "node": NODE}
-                     {"type": "peer_gone", "id": PEER_CONN_ID}
-                     {"type": "error", "message": TEXT}     (then close)
-
-    NODE = {"key": 64 hex chars, "home_region": int,
-            "region_latency_ms": {"<region id>": float, ...} (<= 32),
-            "endpoints": ["host:port", ...] (<= 16)}
+The wire messages and their one parser/encoder live in :mod:`peer.messages`
+(documented there); coderd validates every node a peer publishes with its
+strict policy, so what it forwards is well formed.
 
 This module is the sans-IO part: validation and the pubsub event encoding.
 The WebSocket loop lives in ``coderd/api/coordinate.py``.
@@ -40,21 +32,20 @@ The WebSocket loop lives in ``coderd/api/coordinate.py``.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
-MAX_MESSAGE = 16 * 1024
-MAX_ENDPOINTS = 16
-MAX_REGIONS = 32
+from peer.errors import MessageError
+from peer.messages import MAX_ENDPOINTS, MAX_MESSAGE, MAX_REGIONS, parse_node, parse_node_message
+
+__all__ = ["MAX_ENDPOINTS", "MAX_MESSAGE", "MAX_REGIONS", "REANNOUNCE", "CoordinatorError",
+           "Event", "channel", "parse_peer_message", "validate_node"]
+
 REANNOUNCE = 30.0
 
-_KEY = re.compile(r"[0-9a-f]{64}")
-_ENDPOINT = re.compile(r"[0-9A-Za-z.:\[\]%-]{1,64}")
-
-
-class CoordinatorError(Exception):
-    """A peer sent a malformed message (the connection is closed with the reason)."""
+# A peer sent a malformed message (the connection is closed with the reason):
+# the peer layer's one error, under the name coderd has always used.
+CoordinatorError = MessageError
 
 
 def channel(agent_id: str) -> str:
@@ -62,40 +53,12 @@ def channel(agent_id: str) -> str:
 
 
 def validate_node(obj: Any) -> dict[str, Any]:
-    """A clean copy of a node, or CoordinatorError."""
-    if not isinstance(obj, dict):
-        raise CoordinatorError("node must be an object")
-    unknown = set(obj) - {"key", "home_region", "region_latency_ms", "endpoints"}
-    if unknown:
-        raise CoordinatorError(f"unknown node fields: {', '.join(sorted(unknown))[:200]}")
-    key = obj.get("key")
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise CoordinatorError("node key must be 64 lower-case hex characters")
-    region = obj.get("home_region", 0)
-    if not isinstance(region, int) or isinstance(region, bool) or not 0 <= region < 2**31:
-        raise CoordinatorError("home_region must be a non-negative integer")
-    latency = obj.get("region_latency_ms", {})
-    if not isinstance(latency, dict) or len(latency) > MAX_REGIONS:
-        raise CoordinatorError(f"region_latency_ms must be an object of <= {MAX_REGIONS}")
-    clean_latency: dict[str, float] = {}
-    for k, v in latency.items():
-        if not (isinstance(k, str) and k.isdigit() and len(k) <= 10):
-            raise CoordinatorError("region_latency_ms keys must be region ids")
-        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < 1e6:
-            raise CoordinatorError("region_latency_ms values must be milliseconds")
-        clean_latency[k] = float(v)
-    endpoints = obj.get("endpoints", [])
-    if not isinstance(endpoints, list) or len(endpoints) > MAX_ENDPOINTS:
-        raise CoordinatorError(f"endpoints must be a list of <= {MAX_ENDPOINTS}")
-    for e in endpoints:
-        if not isinstance(e, str) or not _ENDPOINT.fullmatch(e):
-            raise CoordinatorError("endpoints must be host:port strings")
-    return {
-        "key": key,
-        "home_region": region,
-        "region_latency_ms": clean_latency,
-        "endpoints": list(endpoints),
-    }
+    """A clean (canonical) copy of a node a peer published.
+
+    Raises:
+        CoordinatorError: any malformed or unknown field.
+    """
+    return parse_node(obj, strict=True).to_json()
 
 
 def parse_peer_message(data: str | bytes) -> dict[str, Any]:
@@ -104,15 +67,7 @@ def parse_peer_message(data: str | bytes) -> dict[str, Any]:
     Raises:
         CoordinatorError: too big, not JSON, or not a valid node message.
     """
-    if len(data) > MAX_MESSAGE:
-        raise CoordinatorError("message too large")
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        raise CoordinatorError("message is not JSON") from None
-    if not isinstance(obj, dict) or obj.get("type") != "node" or set(obj) != {"type", "node"}:
-        raise CoordinatorError('expected {"type": "node", "node": {...}}')
-    return validate_node(obj["node"])
+    return parse_node_message(data).to_json()
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from coderd.deps import Coderd, use
 from coderd.store.base import Store, StoreError
 from coderd.store.factory import open_store
 from derp.keys import key_to_hex
+from peer import relaymap
 from relay.node import RelayConfig, RelayNode
 from web.frontdoor import FrontDoor
 from web.http import Request, Response, Upgrade
@@ -204,6 +205,18 @@ async def _expire_keys(store: Store, every: float = 3600.0) -> None:
         await trio.sleep(every)
 
 
+def primary_relay_map(access_url: str, public_key: str) -> relaymap.RelayMap:
+    """The relay map this server serves: its embedded relay as region 1.
+
+    Registered regional relays will join it as further regions (each with its
+    nodes and health); the JSON stays what agents and clients parse.
+    """
+    node = relaymap.RelayNode(access_url, access_url.rstrip("/") + "/derp", public_key,
+                              "primary")
+    return relaymap.RelayMap((relaymap.Region(1, "primary", "primary (embedded)", access_url,
+                                              (node,)),))
+
+
 def default_data_dir() -> str:
     """``$XDG_DATA_HOME/burrow``, else ``~/.local/share/burrow``."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
@@ -242,16 +255,8 @@ async def run_server(
             url: str = await nursery.start(node.serve)
             if not cd.access_url:
                 cd.access_url = url
-            cd.relay_regions = [
-                {
-                    "region_id": 1,
-                    "code": "primary",
-                    "name": "primary (embedded)",
-                    "url": cd.access_url,
-                    "derp_url": cd.access_url.rstrip("/") + "/derp",
-                    "public_key": key_to_hex(node.derp_server.public_key),
-                }
-            ]
+            cd.relay_regions = primary_relay_map(
+                cd.access_url, key_to_hex(node.derp_server.public_key)).to_json()["regions"]
             if config.prometheus_address:
                 api = prov[1] if prov is not None else None
                 mdoor = FrontDoor()

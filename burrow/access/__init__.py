@@ -2,16 +2,16 @@
 
 Modules:
 
-- ``coordination``: sans-IO messages of coderd's coordinator WebSocket (our
-  node out; welcome, peer, peer_gone, error in), and the relay map.
 - ``connect``: :func:`connect` -- look up the workspace's agent, join the
-  coordinator as a client, learn the agent's node, run a tunnel ``Endpoint``
-  over a ``DerpClient`` to the agent's home relay; streams by service name
-  (:func:`workspace_stream` for a single stream).
+  coordinator as a client, learn the agent's node, run the peer layer's
+  connection (``peer.conn``) on the agent's home relay; streams by service
+  name (:func:`workspace_stream` for a single stream).
 - ``splice``: two copy loops with half-close and backpressure.
 - ``progress``: the "waiting for the agent" spinner on stderr.
-- ``netcheck``: latency probes of each relay region.
 - ``speedtest_proto`` / ``speedtest``: the ``speedtest`` service's wire
   format (sans-IO) and its client and reference server.
 - ``options``: the flags the access commands share.
+
+The coordination messages, relay map, latency probes and the coordinator
+client live in the peer layer (``peer/``), shared with the agent.
 """

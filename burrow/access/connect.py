@@ -9,14 +9,15 @@ Theory of operation.  ``async with connect(client, "dev") as conn`` does, in ord
    ``welcome`` (the relay map), publishes a fresh node key, and waits for the
    agent's node (``peer``) -- an agent that has not connected yet keeps us
    waiting, up to ``timeout``;
-3. connects a :class:`~derp.client.DerpClient` to the agent's home relay
-   (``--force-websockets`` makes it use WebSocket from the start), runs a
-   tunnel :class:`~tunnel.endpoint.Endpoint` on it, and authorises exactly
-   the agent's key, with the agent's direct endpoints to try in background;
-4. keeps reading the coordinator: a re-announced node (new endpoints, or a
-   new key after an agent restart) updates the endpoint's peer.  A lost
-   coordinator (coderd restarting) leaves the tunnel alone; we rejoin with
-   backoff and publish our node again.
+3. starts a :class:`~peer.conn.PeerConn` homed on the agent's home relay
+   (``--force-websockets`` makes it use WebSocket from the start): the
+   tunnel endpoint over a DERP client, authorising exactly the agent's key,
+   with the agent's direct endpoints to try in background;
+4. hands the coordinator WebSocket to a :class:`~peer.coordclient.Coordinator`:
+   a re-announced node (new endpoints, or a new key after an agent restart)
+   updates the endpoint's peer -- the same node again disturbs nothing.  A
+   lost coordinator (coderd restarting) leaves the tunnel alone; it rejoins
+   with jittered backoff and publishes our node again.
 
 The tunnel key is generated per connection: the coordinator tells the agent
 which client keys may reach it, so a key outlives nothing.  Leaving the
@@ -28,9 +29,7 @@ an :class:`AccessError` with a one-line message.
 
 from __future__ import annotations
 
-import json
 import math
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,21 +37,22 @@ from typing import Any
 
 import trio
 
-from burrow.access import wsclient
-from burrow.access.coordination import (
-    CoordinationError,
-    Node,
-    Peer,
-    Region,
-    Welcome,
-    node_message,
-    parse_server_message,
-)
 from burrow.access.progress import Progress
 from burrow.api_client import SESSION_HEADER, ApiError, Client, ConnectError
 from derp.client import DerpClient
 from derp.keys import generate_private_key
-from tunnel.derp_path import DerpPath
+from peer import wsclient
+from peer.conn import PeerConn
+from peer.coordclient import (
+    Backoff,
+    Coordinator,
+    CoordinatorRefused,
+    CoordinatorUnavailable,
+    dial,
+)
+from peer.errors import MessageError
+from peer.messages import Node, Peer, ServerMessage, Welcome, node_message, parse_server_message
+from peer.relaymap import Region, RelayMap
 from tunnel.endpoint import Endpoint
 from tunnel.errors import StreamRefusedError, TunnelError
 from tunnel.stream import TunnelStream
@@ -157,51 +157,80 @@ class WorkspaceConnection:
 
     Attributes:
         target: which workspace and agent.
-        endpoint: the tunnel endpoint (our key).
-        derp: the relay client.
-        region: the relay region we share with the agent.
+        peer: our side of the network (endpoint, relay client, coordinator).
         agent_node: the agent's node as last announced.
     """
 
-    def __init__(self, target: Target, endpoint: Endpoint, derp: DerpClient,
-                 region: Region, agent_node: Node, *,
+    def __init__(self, target: Target, peer: PeerConn, agent_node: Node, *,
                  rejoin_timeout: float = REJOIN_TIMEOUT) -> None:
         self.target = target
-        self.endpoint = endpoint
-        self.derp = derp
-        self.region = region
+        self.peer = peer
         self.agent_node = agent_node
         self.rejoin_timeout = rejoin_timeout
+        # Set (and replaced) when the agent's *key* changes: an open on the old
+        # key is abandoned, its handshake would only time out.
         self._agent_changed = trio.Event()
-        self.ws: wsclient.WebSocket | None = None  # owned by _follow
-        self.coordinator_losses = 0
+        # Set (and replaced) on every announcement of the agent, same key or
+        # not: a failed open waits for one before trying again.
+        self._agent_announced = trio.Event()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.peer.endpoint
+
+    @property
+    def derp(self) -> DerpClient:
+        assert self.peer.derp is not None
+        return self.peer.derp
+
+    @property
+    def region(self) -> Region:
+        assert self.peer.home is not None
+        return self.peer.home
+
+    @property
+    def coordinator_losses(self) -> int:
+        return 0 if self.peer.coordinator is None else self.peer.coordinator.losses
 
     @property
     def agent_key(self) -> bytes:
         return self.agent_node.key
 
     def set_agent(self, node: Node) -> None:
-        """The coordinator re-announced the agent: follow its key and endpoints."""
+        """The coordinator (re-)announced the agent: follow its key and endpoints.
+
+        coderd re-announces every node periodically and whenever a peer says
+        hello, so the same node arrives again and again: that must not
+        disturb a stream being opened, only a new key does.
+        """
         if node.key != self.agent_node.key:
             self.endpoint.remove_peer(self.agent_node.key)  # fails what waits on the old key
+            self._agent_changed.set()
+            self._agent_changed = trio.Event()
         self.agent_node = node
         self.endpoint.set_peer(node.key, direct_endpoints=list(node.endpoints))
-        self._agent_changed.set()
-        self._agent_changed = trio.Event()
+        self._agent_announced.set()
+        self._agent_announced = trio.Event()
+
+    def _on_message(self, msg: ServerMessage) -> None:
+        if isinstance(msg, Peer):
+            self.set_agent(msg.node)
+        elif isinstance(msg, Welcome) and msg.regions:
+            self.peer.relay_map = msg.relay_map
 
     async def open_stream(self, service: str) -> TunnelStream:
         """A stream to ``service`` (``ssh``, ``tcp:<port>``, ``speedtest``) on the agent.
 
         When the session fails (the agent restarted, say), waits up to
         ``rejoin_timeout`` for the coordinator to announce the agent again and
-        retries with its new node.
+        retries with its (possibly new) node.
 
         Raises:
             AccessError: the agent refused, or could not be reached in time.
         """
         deadline = trio.current_time() + self.rejoin_timeout
         while True:
-            key, changed = self.agent_key, self._agent_changed
+            key, changed, announced = self.agent_key, self._agent_changed, self._agent_announced
             try:
                 stream = await self._open_unless_changed(key, service, changed)
             except StreamRefusedError as exc:
@@ -210,8 +239,8 @@ class WorkspaceConnection:
                 if self.agent_key != key:
                     continue
                 with trio.move_on_at(deadline):
-                    await changed.wait()
-                if self.agent_key == key:
+                    await announced.wait()
+                if not announced.is_set():
                     raise AccessError(f"{self.target.workspace}: {service}: {exc}") from None
                 continue
             if stream is not None:
@@ -220,8 +249,8 @@ class WorkspaceConnection:
     async def _open_unless_changed(
         self, key: bytes, service: str, changed: trio.Event
     ) -> TunnelStream | None:
-        """Open on ``key``; None if the agent was re-announced meanwhile (the
-        old key may never answer: its handshake would only time out)."""
+        """Open on ``key``; None if the agent's key changed meanwhile (the old
+        key may never answer: its handshake would only time out)."""
         result: list[TunnelStream] = []
         error: list[TunnelError] = []
         async with trio.open_nursery() as nursery:
@@ -272,6 +301,10 @@ def _coordinate_url(client: Client, agent_id: str) -> str:
     return scheme + base.split("://", 1)[1] + f"/api/v2/workspaceagents/{agent_id}/coordinate"
 
 
+def _coordinate_headers(client: Client) -> list[tuple[bytes, bytes]]:
+    return [(SESSION_HEADER.encode(), (client.token or "").encode())]
+
+
 async def _next_message(ws: wsclient.WebSocket) -> Welcome | Peer | None:
     try:
         text = await ws.get_message()
@@ -280,42 +313,26 @@ async def _next_message(ws: wsclient.WebSocket) -> Welcome | Peer | None:
             f"the coordinator closed the connection: {exc.reason or 'closed'}") from None
     try:
         msg = parse_server_message(text)
-    except CoordinationError as exc:
+    except MessageError as exc:
         raise AccessError(str(exc)) from None
     return msg if isinstance(msg, Welcome | Peer) else None
 
 
-async def _open_coordinator(
-    nursery: trio.Nursery, client: Client, target: Target
-) -> wsclient.WebSocket:
-    headers = [(SESSION_HEADER.encode(), (client.token or "").encode())]
-    url = _coordinate_url(client, target.agent_id)
+async def _open_coordinator(client: Client, target: Target) -> wsclient.WebSocket:
     try:
-        with trio.fail_after(client.timeout):
-            return await wsclient.connect(url, extra_headers=headers,
-                                          max_message_size=1 << 20)
-    except wsclient.ConnectionRejected as exc:
-        message = f"HTTP {exc.status_code}"
-        try:
-            body = json.loads(exc.body or b"{}")
-            if isinstance(body, dict) and isinstance(body.get("message"), str):
-                message = body["message"]
-        except ValueError:
-            pass
-        raise AccessError(f"coordinator refused: {message}") from None
-    except (wsclient.HandshakeError, OSError, ValueError) as exc:
-        raise AccessError(f"cannot reach the coordinator at {client.url}: {exc}") from None
-    except trio.TooSlowError:
-        raise AccessError(f"the coordinator at {client.url} did not answer in time") from None
+        return await dial(_coordinate_url(client, target.agent_id), _coordinate_headers(client),
+                          timeout=client.timeout)
+    except CoordinatorRefused as exc:
+        raise AccessError(f"coordinator refused: {exc.message}") from None
+    except CoordinatorUnavailable as exc:
+        raise AccessError(str(exc)) from None
 
 
-def _pick_region(regions: tuple[Region, ...], wanted: int) -> Region:
-    for r in regions:
-        if r.region_id == wanted:
-            return r
-    if not regions:
+def _pick_region(relay_map: RelayMap, wanted: int) -> Region:
+    region = relay_map.pick(wanted)
+    if region is None:
         raise AccessError("the server's relay map has no regions")
-    return regions[0]
+    return region
 
 
 @asynccontextmanager
@@ -345,14 +362,12 @@ async def connect(
     deadline = trio.current_time() + timeout
     target = await find_agent(client, workspace, agent=agent, timeout=timeout,
                               progress=progress)
-    key = generate_private_key()
-    endpoint = Endpoint(key)
+    peer = PeerConn(generate_private_key(), force_websocket=force_websocket)
     try:
         async with trio.open_nursery() as nursery:
-            ws = await _open_coordinator(nursery, client, target)
+            ws = await _open_coordinator(client, target)
             try:
-                conn = await _join(nursery, client, ws, target, key, endpoint,
-                                   force_websocket, deadline, progress)
+                conn = await _join(nursery, client, ws, target, peer, deadline, progress)
             except BaseException:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await ws.aclose()
@@ -364,8 +379,9 @@ async def connect(
                 yield conn
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await endpoint.aclose()
-                    await (conn.ws or ws).aclose()
+                    await peer.aclose()
+                    if peer.coordinator is not None:
+                        await peer.coordinator.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Our nursery wraps whatever the caller's block raised (strict
@@ -422,13 +438,11 @@ async def _join(
     client: Client,
     ws: wsclient.WebSocket,
     target: Target,
-    key: bytes,
-    endpoint: Endpoint,
-    force_websocket: bool,
+    peer: PeerConn,
     deadline: float,
     progress: Progress,
 ) -> WorkspaceConnection:
-    regions: tuple[Region, ...] = ()
+    relay_map = RelayMap()
     agent_node: Node | None = None
     published = -1
     started = trio.current_time()
@@ -440,9 +454,9 @@ async def _join(
                 msg = await _next_message(ws)
             # (sends happen outside the timeout: a cancelled send could cut a frame)
             if isinstance(msg, Welcome):
-                regions = msg.regions
-                region = _pick_region(regions, 0)
-                await ws.send_message(node_message(endpoint.public_key, region.region_id))
+                relay_map = msg.relay_map
+                region = _pick_region(relay_map, 0)
+                await ws.send_message(node_message(peer.public_key, region.region_id))
                 published = region.region_id
             elif isinstance(msg, Peer):
                 agent_node = msg.node
@@ -461,64 +475,28 @@ async def _join(
             f"the agent of workspace {target.workspace} did not connect in time"
             " (is it running? `burrow show` tells when it last connected)"
         )
-    region = _pick_region(regions, agent_node.home_region)
+    # We home where the agent is: one relay hop, no mesh between us.
+    region = _pick_region(relay_map, agent_node.home_region)
     if region.region_id != published:
-        await ws.send_message(node_message(endpoint.public_key, region.region_id))
-    derp = DerpClient(region.url, key, force_websocket=force_websocket)
+        await ws.send_message(node_message(peer.public_key, region.region_id))
+    peer.relay_map = relay_map
     try:
         with trio.fail_after(RELAY_DIAL_TIMEOUT):
-            await nursery.start(derp.run)
+            await peer.start(nursery, region, wait_connected=True)
     except trio.TooSlowError:
         raise AccessError(f"cannot reach the relay {region.url}") from None
-    endpoint.add_relay(DerpPath(derp))
-    await nursery.start(endpoint.run)
-    conn = WorkspaceConnection(target, endpoint, derp, region, agent_node)
-    endpoint.set_peer(agent_node.key, direct_endpoints=list(agent_node.endpoints))
-    conn.ws = ws
-    nursery.start_soon(_follow, nursery, client, ws, conn)
+    conn = WorkspaceConnection(target, peer, agent_node)
+    peer.endpoint.set_peer(agent_node.key, direct_endpoints=list(agent_node.endpoints))
+    # From here the coordinator client follows the agent's re-announcements.  When
+    # the coordinator goes away (coderd restarting) the tunnel carries on and it
+    # rejoins with backoff, publishing our node again -- an agent that reconnects
+    # learns its allowed clients only from clients present on the coordinator.
+    peer.coordinator = Coordinator(
+        _coordinate_url(client, target.agent_id), _coordinate_headers(client), peer.node,
+        conn._on_message, backoff=Backoff(REJOIN_MIN_DELAY, REJOIN_MAX_DELAY),
+        connect_timeout=client.timeout)
+    nursery.start_soon(peer.coordinator.run, ws)
     return conn
-
-
-async def _follow(
-    nursery: trio.Nursery,
-    client: Client,
-    ws: wsclient.WebSocket,
-    conn: WorkspaceConnection,
-) -> None:
-    """Apply the agent's re-announcements.  When the coordinator goes away (coderd
-    restarting), the tunnel carries on and we rejoin with backoff, publishing our
-    node again -- an agent that reconnects learns its allowed clients only from
-    clients present on the coordinator."""
-    while True:
-        try:
-            while True:
-                msg = await _next_message(ws)
-                if isinstance(msg, Peer):
-                    conn.set_agent(msg.node)
-        except AccessError:
-            conn.coordinator_losses += 1
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await ws.aclose()
-        ws = await _rejoin(nursery, client, conn)
-
-
-async def _rejoin(
-    nursery: trio.Nursery, client: Client, conn: WorkspaceConnection
-) -> wsclient.WebSocket:
-    delay = REJOIN_MIN_DELAY
-    while True:
-        await trio.sleep(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, REJOIN_MAX_DELAY)
-        try:
-            ws = await _open_coordinator(nursery, client, conn.target)
-        except AccessError:
-            continue
-        try:
-            await ws.send_message(node_message(conn.endpoint.public_key, conn.region.region_id))
-        except wsclient.ConnectionClosed:
-            continue
-        conn.ws = ws
-        return ws
 
 
 def describe(conn: WorkspaceConnection) -> dict[str, Any]:

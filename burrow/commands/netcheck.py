@@ -21,13 +21,14 @@ def run(args: argparse.Namespace) -> int:
     from burrow.api_client import run_command, session_client
 
     async def main() -> int:
-        from burrow.access.coordination import CoordinationError, parse_relay_map
-        from burrow.access.netcheck import home, measure_all
+        from peer.errors import MessageError
+        from peer.latency import home, measure_all
+        from peer.relaymap import RelayMap
 
         client = session_client()
         try:
-            regions = parse_relay_map(await client.request("GET", "/relaymap"))
-        except CoordinationError as exc:
+            regions = RelayMap.parse(await client.request("GET", "/relaymap")).regions
+        except MessageError as exc:
             print(f"the server's relay map is unusable: {exc}")
             return 1
         results = await measure_all(regions, args.count, args.timeout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -21,6 +20,9 @@ from coderd.coordinator import (
     channel,
     parse_peer_message,
 )
+from peer.errors import MessageError
+from peer.messages import Error, Peer, PeerGone, Welcome, parse_node
+from peer.relaymap import RelayMap
 from web.http import Response
 
 log = logging.getLogger("burrow.coderd.coordinator")
@@ -47,9 +49,9 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
     if role == "agent":
         await call.cd.store.set_agent_connected(agent_id, True)
 
-    async def send(obj: dict[str, Any]) -> None:
+    async def send(message: Welcome | Peer | PeerGone | Error) -> None:
         async with send_lock:
-            await ws.send_message(json.dumps(obj, separators=(",", ":")))
+            await ws.send_message(message.encode())
 
     async def announce() -> None:
         if mine:
@@ -61,9 +63,13 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
             if ev is None or ev.conn_id == conn_id or ev.role != other:
                 continue
             if ev.kind == "node" and ev.node is not None:
-                await send({"type": "peer", "id": ev.conn_id, "node": ev.node})
+                try:  # validated by the replica that received it; pubsub is shared
+                    node = parse_node(ev.node, strict=False)
+                except MessageError:
+                    continue
+                await send(Peer(ev.conn_id, node))
             elif ev.kind == "gone":
-                await send({"type": "peer_gone", "id": ev.conn_id})
+                await send(PeerGone(ev.conn_id))
             elif ev.kind == "hello":
                 await announce()
 
@@ -92,7 +98,8 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
             nursery.start_soon(reannounce)
             if role == "agent":
                 nursery.start_soon(keepalive, nursery)
-            await send({"type": "welcome", "id": conn_id, "relay_map": relay_map(call.cd)})
+            regions = RelayMap.parse(relay_map(call.cd)).regions
+            await send(Welcome(conn_id, regions))
             await ps.publish(ch, Event("hello", role, conn_id).encode())
             try:
                 while True:
@@ -104,7 +111,7 @@ async def _serve(call: Call, role: str, agent_id: str) -> None:
                     await announce()
             except CoordinatorError as exc:
                 log.info("coordinator %s %s: %s", role, conn_id, exc)
-                await send({"type": "error", "message": str(exc)})
+                await send(Error(str(exc)))
                 await ws.aclose(CLOSE_POLICY, str(exc)[:100])
             finally:
                 nursery.cancel_scope.cancel()

@@ -25,9 +25,9 @@ import trio_websocket
 from agent.services import ServiceRouter
 from agent.ssh_adapter import SSHServer
 from burrow.access import speedtest
-from burrow.access.coordination import parse_relay_map
 from derp.client import DerpClient
 from derp.keys import generate_private_key
+from peer.relaymap import RelayMap
 from tests.burrow.server_proc import cli_env, wait_listening
 from tunnel.derp_path import DerpPath
 from tunnel.endpoint import Endpoint
@@ -164,7 +164,7 @@ async def in_test_agent(world: World, *, ssh_workdir: Path,
             ws = await trio_websocket.connect_websocket_url(nursery, ws_url, extra_headers=headers)
             welcome = json.loads(await ws.get_message())
         assert welcome["type"] == "welcome", welcome
-        region = parse_relay_map(welcome["relay_map"])[0]
+        region = RelayMap.parse(welcome["relay_map"]).regions[0]
         derp = DerpClient(region.url, key)
         with trio.fail_after(15):
             await nursery.start(derp.run)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from burrow.access.coordination import Region
-from burrow.access.netcheck import home, measure_all
+from peer.latency import home, measure_all
+from peer.relaymap import Region
 from tests.burrow.server_proc import cli_env
 
 

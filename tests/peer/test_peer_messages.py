@@ -1,4 +1,4 @@
-"""burrow.access.coordination: coordinator messages as plain text, never a crash."""
+"""peer.messages: coordinator messages as plain text, never a crash (the client side)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from burrow.access.coordination import (
-    CoordinationError,
+from peer.errors import MessageError as CoordinationError
+from peer.messages import (
     Node,
     Peer,
     PeerGone,
-    Region,
     Welcome,
     node_message,
     parse_endpoint,
-    parse_relay_map,
     parse_server_message,
 )
+from peer.relaymap import Region, RelayMap
+
+
+def parse_relay_map(obj: object) -> tuple[Region, ...]:
+    return RelayMap.parse(obj).regions
 
 KEY = "ab" * 32
 MAP = {"regions": [

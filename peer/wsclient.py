@@ -1,5 +1,7 @@
 """A small WebSocket client for the coordinator's messages, on wsproto.
 
+The agent and the CLI both reach coderd's coordinator with it.
+
 Why not trio-websocket.  ``burrow ssh --stdio`` runs once per OpenSSH
 connection, so its start-up time is connect time; importing trio-websocket
 costs about 10 ms on top of wsproto (``importlib.metadata`` and a version
@@ -15,7 +17,9 @@ answering pings on the way.  Events not yet used wait in ``_events`` and a
 partial message in ``_parts``, and a cancelled ``receive_some`` receives
 nothing, so a cancelled ``get_message`` loses no data.  Writes (messages,
 pongs, the close) are whole: each is shielded from cancellation and
-serialised by a lock, so a cancelled caller never cuts a frame.  A Close
+serialised by a lock, so a cancelled caller never cuts a frame.
+:meth:`WebSocket.ping` sends a Ping and waits for its Pong, which the task
+in ``get_message`` hands over (a ping needs a concurrent reader).  A Close
 from the server, transport EOF or a transport error ends the connection:
 every later call raises :class:`ConnectionClosed`.
 """
@@ -23,6 +27,7 @@ every later call raises :class:`ConnectionClosed`.
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 import urllib.parse
 from collections import deque
@@ -36,6 +41,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -91,6 +97,7 @@ class WebSocket:
         self._send_lock = trio.Lock()
         self._closed: str | None = None  # why, once closed
         self._close_reason: str | None = None
+        self._pongs: dict[bytes, trio.Event] = {}  # ping payload -> woken by the reader
 
     async def get_message(self) -> str | bytes:
         """The next whole message (text as str, binary as bytes).
@@ -113,7 +120,15 @@ class WebSocket:
                             return "".join(p for p in parts if isinstance(p, str))
                         return b"".join(p for p in parts if not isinstance(p, str))
                 elif isinstance(event, Ping):
-                    await self._send(self._ws.send(event.response()))
+                    # A Close may already be parsed behind this Ping (a peer that
+                    # was frozen finds pings and the close queued together):
+                    # then the Pong is moot, and wsproto refuses to send it.
+                    if self._ws.state is ConnectionState.OPEN:
+                        await self._send(self._ws.send(event.response()))
+                elif isinstance(event, Pong):
+                    waiter = self._pongs.get(bytes(event.payload))
+                    if waiter is not None:
+                        waiter.set()
                 elif isinstance(event, CloseConnection):
                     self._close_reason = event.reason
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
@@ -149,6 +164,27 @@ class WebSocket:
             raise ConnectionClosed(str(exc)) from None
         await self._send(wire)
 
+    async def ping(self) -> None:
+        """Send a Ping; return when its Pong arrives (read by a concurrent
+        :meth:`get_message`).  Bound it with a timeout to detect a dead peer.
+
+        Raises:
+            ConnectionClosed: the connection is (or became) closed.
+        """
+        payload = os.urandom(8)
+        waiter = self._pongs[payload] = trio.Event()
+        try:
+            self._check_open()
+            try:
+                wire = self._ws.send(Ping(payload=payload))
+            except LocalProtocolError as exc:  # closing
+                raise ConnectionClosed(str(exc)) from None
+            await self._send(wire)
+            await waiter.wait()
+            self._check_open()
+        finally:
+            self._pongs.pop(payload, None)
+
     async def aclose(self) -> None:
         """Send a Close (if still open) and close the transport.  Idempotent."""
         if self._closed is None and self._ws.state is ConnectionState.OPEN:
@@ -180,6 +216,8 @@ class WebSocket:
     async def _finish(self, why: str) -> None:
         if self._closed is None:
             self._closed = why
+        for waiter in self._pongs.values():
+            waiter.set()  # their ping() sees the close
         await trio.aclose_forcefully(self._stream)
 
 

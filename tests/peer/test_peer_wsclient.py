@@ -1,4 +1,4 @@
-"""burrow.access.wsclient against trio-websocket's server on a real loopback socket."""
+"""peer.wsclient against trio-websocket's server on a real loopback socket."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio_websocket
 
-from burrow.access import wsclient
+from peer import wsclient
 
 Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 
@@ -145,3 +145,59 @@ async def test_not_http_and_not_listening_and_bad_url() -> None:
             await wsclient.connect(f"ws://127.0.0.1:{free_port}/")
     with pytest.raises(ValueError, match="not a WebSocket URL"):
         await wsclient.connect("http://127.0.0.1:1/")
+
+
+async def test_ping_returns_on_its_pong_and_fails_once_closed() -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # the server answers pings while reading
+        await ws.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await serve(nursery, handler)
+            ws = await wsclient.connect(url)
+
+            async def reader() -> None:
+                with pytest.raises(wsclient.ConnectionClosed):
+                    await ws.get_message()
+
+            nursery.start_soon(reader)
+            await ws.ping()
+            await ws.ping()
+            await ws.send_message("bye")
+            async def ping_until_closed() -> None:
+                while True:
+                    await ws.ping()
+
+            with pytest.raises(wsclient.ConnectionClosed):
+                await ping_until_closed()
+            nursery.cancel_scope.cancel()
+
+
+async def test_pings_queued_before_a_close_end_in_connection_closed() -> None:
+    """A frozen client wakes to the server's pings and its close in one read: no
+    pong can be sent any more, and that is just the connection closing."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
+
+    async def server(stream: trio.SocketStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await stream.receive_some(65536))
+            if any(isinstance(e, Request) for e in ws.events()):
+                break
+        await stream.send_all(ws.send(AcceptConnection()))
+        await stream.send_all(ws.send(Ping(b"1")) + ws.send(Ping(b"2"))
+                              + ws.send(CloseConnection(1008, "no pong")))
+        await trio.sleep(1)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, server, 0)
+            port = listeners[0].socket.getsockname()[1]
+            ws = await wsclient.connect(f"ws://127.0.0.1:{port}/x")
+            await trio.sleep(0.2)  # everything arrives before we read
+            with pytest.raises(wsclient.ConnectionClosed, match="no pong"):
+                await ws.get_message()
+            nursery.cancel_scope.cancel()
