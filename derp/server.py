@@ -37,8 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -49,9 +48,6 @@ from derp.handshake import build_server_info, open_client_info, server_key_frame
 from derp.keys import check_key, public_key
 from derp.metrics import Metrics
 from derp.server_client import Client, TokenBucket
-
-if TYPE_CHECKING:
-    from derp.mesh import MeshLink
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +61,19 @@ _ForwardPacket = fr.ForwardPacket
 _recv_header = fr.recv_packet_header
 _forward_header = fr.forward_packet_header
 _RECV_HEADER_LEN = len(fr.recv_packet_header(bytes(fr.KEY_LEN), 0))
+
+
+class PacketForwarder(Protocol):
+    """What the server calls to reach a client connected to another relay.
+
+    A mesh link (``derp.mesh.MeshLink``) implements it and teaches the server
+    which keys it reaches (``learn_remote`` / ``forget_remote``); the server
+    never needs to know more about it, so the mesh depends on the server and
+    not the other way round (Tailscale's derpserver ``PacketForwarder``).
+    """
+
+    def forward(self, src: bytes, dst: bytes, data: bytes) -> None:
+        """Queue one packet for ``dst``; must never block (called by a reader task)."""
 
 
 class DerpServer:
@@ -115,8 +124,10 @@ class DerpServer:
         self.metrics = Metrics()
         self._clients: dict[bytes, Client] = {}
         self._watchers: set[Client] = set()
-        # Keys present on mesh siblings -> the link that reaches them.
-        self._routes: dict[bytes, MeshLink] = {}
+        # Keys present on mesh siblings -> the forwarder that reaches them,
+        # and the local clients that sent to each (told PeerGone when it leaves).
+        self._routes: dict[bytes, PacketForwarder] = {}
+        self._remote_senders: dict[bytes, set[bytes]] = {}
         self._closing = False
 
     # ------------------------------------------------------------ public
@@ -184,35 +195,6 @@ class DerpServer:
             self.metrics.closes["server_closing"] += 1
             c.scope.cancel()
         await trio.lowlevel.checkpoint()
-
-    async def run_mesh_link(
-        self,
-        dial: Callable[[], Awaitable[trio.abc.Stream]],
-        *,
-        name: str,
-        min_backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        ping_interval: float = 15.0,
-        ping_timeout: float = 10.0,
-    ) -> None:
-        """Keep a mesh link to one sibling relay up, forever (until cancelled).
-
-        See ``derp.mesh.run_mesh_link`` for the arguments.
-
-        Raises:
-            ValueError: this server has no mesh key.
-        """
-        from derp.mesh import run_mesh_link
-
-        await run_mesh_link(
-            self,
-            dial,
-            name=name,
-            min_backoff=min_backoff,
-            max_backoff=max_backoff,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-        )
 
     # ------------------------------------------------------------ connection
 
@@ -515,6 +497,7 @@ class DerpServer:
                         continue
                     link = routes.get(frame.dst)
                     if link is not None:
+                        self._remote_senders[frame.dst].add(key)
                         link.forward(key, frame.dst, data)
                         continue
                     m.drops["unknown_dest"] += 1
@@ -581,21 +564,22 @@ class DerpServer:
 
     # ------------------------------------------------------------ mesh hooks
 
-    def learn_remote(self, key: bytes, link: MeshLink) -> None:
+    def learn_remote(self, key: bytes, link: PacketForwarder) -> None:
         """A mesh sibling reached by ``link`` has ``key`` connected."""
         if key == self.public_key:
             return
-        old = self._routes.get(key)
-        if old is not None and old is not link:
-            old.peers.pop(key, None)
         self._routes[key] = link
-        link.peers.setdefault(key, set())
+        self._remote_senders.setdefault(key, set())
 
-    def forget_remote(self, key: bytes, link: MeshLink) -> None:
-        """``key`` left the sibling behind ``link``: tell local clients that sent to it."""
-        senders = link.peers.pop(key, None)
-        if self._routes.get(key) is link:
-            del self._routes[key]
+    def forget_remote(self, key: bytes, link: PacketForwarder) -> None:
+        """``key`` left the sibling behind ``link``: tell local clients that sent to it.
+
+        Ignored if ``key`` is reached through another link by now (it moved).
+        """
+        if self._routes.get(key) is not link:
+            return
+        del self._routes[key]
+        senders = self._remote_senders.pop(key, None)
         if senders and key not in self._clients:
             gone = fr.encode(fr.PeerGone(key, fr.PeerGoneReason.DISCONNECTED))
             for s in senders:
@@ -603,7 +587,7 @@ class DerpServer:
                 if sender is not None:
                     self._queue_control(sender, gone)
 
-    def forget_link(self, link: MeshLink) -> None:
+    def forget_link(self, link: PacketForwarder) -> None:
         """A mesh link went down: forget every peer learned through it."""
-        for key in list(link.peers):
+        for key in [k for k, v in self._routes.items() if v is link]:
             self.forget_remote(key, link)

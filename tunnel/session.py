@@ -36,7 +36,6 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -59,9 +58,7 @@ from tunnel.errors import (
 from tunnel.frames import ErrorCode
 from tunnel.path import Datagram, PacketPath
 from tunnel.record import Limits
-
-if TYPE_CHECKING:
-    from tunnel.stream import TunnelStream
+from tunnel.stream import TunnelStream
 
 # Called for each stream the peer opens: returns True, or a refusal reason.
 OnRequest = Callable[["Session", int, str], "bool | str"]
@@ -85,7 +82,7 @@ HOLD_DELAY = 0.001
 
 
 class Session:
-    """The tunnel to one peer (see module docstring).
+    """The tunnel to one peer (see module docstring); the ``StreamHost`` of its streams.
 
     Attributes:
         peer_key: the peer's node key.
@@ -194,8 +191,6 @@ class Session:
             StreamRefusedError: the peer said no.
             PeerTimeoutError, SessionClosedError: the session ended first.
         """
-        from tunnel.stream import TunnelStream
-
         self._check()
         if self.channel.current is None and not self.channel.handshake_pending():
             self.start_handshake()
@@ -224,20 +219,20 @@ class Session:
 
     def accept_stream(self, sid: int) -> TunnelStream:
         """Accept a stream the peer asked for (from an ``on_request`` callback)."""
-        from tunnel.stream import TunnelStream
-
         st = self.conn.streams[sid]
         self.conn.accept(sid)
         self.wake()
         return TunnelStream(self, st)
 
     async def wait_stream(self, sid: int) -> None:
+        """Wait until stream ``sid`` changed (or the session ended)."""
         ev = self._stream_events.get(sid)
         if ev is None:
             ev = self._stream_events[sid] = trio.Event()
         await ev.wait()
 
-    def _notify(self, sid: int) -> bool:
+    def notify_stream(self, sid: int) -> bool:
+        """Wake the task waiting on stream ``sid``; True if there was one."""
         ev = self._stream_events.pop(sid, None)
         if ev is not None:
             ev.set()
@@ -406,7 +401,7 @@ class Session:
             elif isinstance(ev, PeerClosed):
                 self.fail(SessionClosedError("peer_closed", ev.reason or "peer closed"))
         for sid in conn.take_changed():
-            woke = self._notify(sid) or woke
+            woke = self.notify_stream(sid) or woke
         return woke
 
     # == sending =========================================================
@@ -501,7 +496,7 @@ class Session:
                 for datagram in out:
                     await path.send(self.peer_key, datagram)
             for sid in conn.take_changed():
-                self._notify(sid)
+                self.notify_stream(sid)
         return sent
 
     # == timers ==========================================================
@@ -558,7 +553,7 @@ class Session:
                 )
                 return
             for sid in self.conn.take_changed():
-                self._notify(sid)
+                self.notify_stream(sid)
             self.wake()
 
     # == direct dialing ==================================================

@@ -1,8 +1,10 @@
 """``TunnelStream``: one tunnel stream as a ``trio.abc.HalfCloseableStream``.
 
-The stream holds its ``StreamState`` and calls into the session's
-``Connection``; waiting is done on per-stream events the session sets when
-the connection reports the stream changed. Errors map like ``SSLStream``:
+The stream holds its ``StreamState`` and calls into its host's
+``Connection``; waiting is done on per-stream events the host sets when the
+connection reports the stream changed.  The host is a ``StreamHost`` (the
+session implements it): this module never imports the session, so the
+session may build streams without an import circle. Errors map like ``SSLStream``:
 a peer reset, a STOP, or a failed session -> ``trio.BrokenResourceError``
 (with the tunnel error as ``__cause__``); using a stream after ``aclose``
 or sending after ``send_eof`` -> ``trio.ClosedResourceError``.
@@ -10,18 +12,45 @@ or sending after ``send_eof`` -> ``trio.ClosedResourceError``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
-from tunnel.connection import StreamState
+from tunnel.connection import Connection, StreamState
 from tunnel.errors import StreamResetError, TunnelError
 from tunnel.frames import ErrorCode
 
-if TYPE_CHECKING:
-    from tunnel.session import Session
-
 DEFAULT_RECEIVE = 256 * 1024
+
+
+class StreamHost(Protocol):
+    """What a ``TunnelStream`` needs from the session that carries it.
+
+    Attributes:
+        conn: the current connection; replaced when the peer restarts (a
+            stream built on an older one is then broken).
+        error: why the session ended, once it has.
+        peer_key: the peer's node key.
+    """
+
+    conn: Connection
+    error: TunnelError | None
+    peer_key: bytes
+
+    async def flush_now(self) -> None:
+        """Send what the connection has ready, from the calling task."""
+
+    async def wait_stream(self, sid: int) -> None:
+        """Wait until stream ``sid`` changed (or the session ended)."""
+
+    def notify_stream(self, sid: int) -> bool:
+        """Wake the task waiting on stream ``sid``; True if there was one."""
+
+    def wake(self) -> None:
+        """Have the sender task send what the connection has ready."""
+
+    def after_read(self) -> None:
+        """A reader took bytes: window updates may be due."""
 
 
 class _Conflict:
@@ -46,7 +75,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         service: the service name the stream was opened for.
     """
 
-    def __init__(self, session: Session, state: StreamState) -> None:
+    def __init__(self, session: StreamHost, state: StreamState) -> None:
         self._session = session
         self._conn = session.conn
         self._st = state
@@ -181,7 +210,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._conn.close_read(self.sid)
             self._session.wake()
         self._closed = True
-        self._session._notify(self.sid)
+        self._session.notify_stream(self.sid)
 
     async def aclose(self) -> None:
         """Close gracefully: FIN our direction (buffered bytes still arrive) and
@@ -195,5 +224,5 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     self._conn.send_eof(self.sid)
                 self._conn.close_read(self.sid)
                 self._session.wake()
-            self._session._notify(self.sid)
+            self._session.notify_stream(self.sid)
         await trio.lowlevel.checkpoint()
