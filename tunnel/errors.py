@@ -52,6 +52,34 @@ class RecordError(ProtocolError):
     """A transport record was rejected (tampered, replayed, unknown keys)."""
 
 
+class FlowControlError(ProtocolError):
+    """The peer sent beyond the credit we granted, or moved a stream's final size.
+
+    Raised by the receive side and the session credit; ``Connection`` drops
+    the frame and counts it (``flow_violations``) instead of failing the
+    session (PROTOCOL.md 6.2).
+    """
+
+
+class IllegalTransition(TunnelError):
+    """A stream direction was asked to make a move its table does not allow.
+
+    A bug in our own code, never the peer's: peer input that does not fit is
+    ignored or raises ``FlowControlError`` before any transition is tried.
+
+    Attributes:
+        current: the state the direction is in.
+        target: the state it was asked to enter.
+    """
+
+    def __init__(self, machine: str, current: object, target: object) -> None:
+        self.current = current
+        self.target = target
+        cur = getattr(current, "value", current)
+        tgt = getattr(target, "value", target)
+        super().__init__(f"{machine} cannot go from {cur} to {tgt}")
+
+
 class LimitError(TunnelError):
     """A local limit was reached (e.g. counter exhaustion); rekey first."""
 

@@ -96,10 +96,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     def _send_error(self) -> BaseException | None:
         st = self._st
-        if st.send_reset:
+        if st.sender.aborted:
             code, reason = st.error if st.error else (ErrorCode.STOPPED, "stream reset")
-            if st.stopped is not None:
-                code, reason = st.stopped, "peer stopped reading"
+            if st.sender.stopped is not None:
+                code, reason = st.sender.stopped, "peer stopped reading"
             return StreamResetError(code, reason)
         return self._session_error()
 
@@ -178,22 +178,23 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         with self._recv_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             st = self._st
+            rx = st.receiver
             waited = False
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream closed")
-                if st.recv:
+                if rx.buf:
                     data = self._conn.read(self.sid, max_bytes)
                     if data:
                         self._session.after_read()
                         if not waited:
                             await trio.lowlevel.cancel_shielded_checkpoint()
                         return data
-                if st.recv_reset:
+                if rx.aborted:
                     code, reason = st.error or (ErrorCode.CLOSED, "reset")
                     err = StreamResetError(code, reason)
                     raise trio.BrokenResourceError(str(err)) from err
-                if st.at_eof():
+                if rx.at_eof:
                     if not waited:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
@@ -218,7 +219,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             if self._session.conn is self._conn and self._session.error is None:
-                if self._st.recv or self._st.ooo:
+                if self._st.receiver.has_unread():
                     self._conn.reset(self.sid, ErrorCode.CLOSED, "closed with unread data")
                 elif not self._eof_sent:
                     self._conn.send_eof(self.sid)
