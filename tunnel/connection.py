@@ -37,17 +37,12 @@ size is dropped and counted (``flow_violations``), frames for unknown
 streams are ignored. Keepalive: after ``keepalive`` seconds without hearing
 from the peer, send a PING; after ``dead_timeout`` seconds, ``dead`` is set.
 
-Packets are built by ``poll``: the packet number, a pending ACK, queued
-control frames, then stream frames: for each ready stream in turn (round
-robin, a stream moves to the back after its turn) a window update, then what
-its send side emits. A stream blocked on credit leaves the ready set until
-a window update arrives. Stream bytes are memoryviews of the send buffer,
-copied once by the final join.
+* ``Outbox`` (tunnel.outbox): control frames queued, streams with something
+  to send, and the packet builder behind ``poll``.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from tunnel import frames as fr
@@ -56,6 +51,7 @@ from tunnel.config import Config
 from tunnel.credit import INITIAL_MAX_DATA, SessionCredit
 from tunnel.errors import FlowControlError, ProtocolError
 from tunnel.frames import ErrorCode
+from tunnel.outbox import Outbox
 from tunnel.recovery import (
     MAX_REMEMBERED_LOST,
     PACKET_THRESHOLD,
@@ -63,7 +59,6 @@ from tunnel.recovery import (
     LossRecovery,
     SentPacket,
 )
-from tunnel.send_side import EmitStatus
 from tunnel.stream_state import StreamPhase, StreamState
 
 __all__ = [
@@ -82,7 +77,6 @@ __all__ = [
 ]
 
 _EMPTY = b""
-_WINDOW_UPDATE_SIZE = 13  # MAX_STREAM_DATA: type, sid u32, maximum u64
 
 
 @dataclass(frozen=True)
@@ -116,7 +110,7 @@ class Connection:
         recovery: packets in flight and the RTT estimate.
         acks: packet numbers received, and whether an ACK is owed.
         credit: session-wide flow-control credit.
-        held_back: the last ``poll`` kept a runt tail back.
+        out: what waits to be sent, and the packet builder.
         dead: nothing was heard for ``dead_timeout``.
         closed: ``(code, reason)`` once either side closed the session.
         stats: counters for ``Endpoint.stats()``.
@@ -128,18 +122,13 @@ class Connection:
         self._next_sid = 2 if local_is_low else 1
         self._peer_parity = 1 if local_is_low else 0
         self._peer_max_sid = -1
-        self._pn = 0
         self.recovery = LossRecovery(cfg, now)
         self.acks = AckTracker(cfg.max_ack_ranges)
         self.credit = SessionCredit(cfg.session_window)
         self._last_recv = now
         self._last_ping = now
-        self._control: deque[bytes] = deque()
-        self._ready: dict[int, None] = {}  # streams that may have something to send
         self._events: list[Event] = []
         self._changed: set[int] = set()
-        self._hold_tail = 0
-        self.held_back = False
         self.dead = False
         self.closed: tuple[int, str] | None = None
         self.stats: dict[str, int] = {
@@ -150,6 +139,10 @@ class Connection:
             "bad_packets": 0,
             "flow_violations": 0,
         }
+        self.out = Outbox(cfg, self.streams, self.acks, self.credit, self.recovery, self.stats)
+        # The outbox's queues, shared: the frame handlers below fill them.
+        self._control = self.out.control
+        self._ready = self.out.ready
 
     # == application side ================================================
     def open_stream(self, service: str) -> int:
@@ -459,108 +452,20 @@ class Connection:
             del self.streams[st.sid]
             self._ready.pop(st.sid, None)
 
-    # == packet building =================================================
+    # == output ==========================================================
     def poll(self, now: float, max_packets: int = 64, hold_tail: int = 0) -> list[bytes]:
-        """Build the packets that should leave now (plaintexts to seal).
+        """Build the packets that should leave now (see ``Outbox.poll``)."""
+        return self.out.poll(now, max_packets, hold_tail)
 
-        ``hold_tail``: when a stream's last packet was full (bulk) and less
-        than this many new bytes remain, keep them back (``held_back`` is set) so
-        the writer's next bytes fill the packet: a 64 KiB write does not
-        leave a 58-byte runt. The caller flushes them soon regardless.
-        """
-        out: list[bytes] = []
-        self._hold_tail = hold_tail
-        self.held_back = False
-        while len(out) < max_packets:
-            pkt = self._build(now)
-            if pkt is None:
-                break
-            out.append(pkt)
-        self._hold_tail = 0
-        return out
+    @property
+    def held_back(self) -> bool:
+        """The last ``poll`` kept a runt tail back for the writer's next bytes."""
+        return self.out.held_back
 
     def ack_only(self) -> bool:
         """True when the only thing to send is an ACK (worth delaying a moment
         so it can ride on the application's answer)."""
-        return self.acks.needed and not (self._control or self._ready or self.credit.dirty)
+        return self.out.ack_only()
 
     def has_output(self) -> bool:
-        return bool(self.acks.needed or self._control or self._ready or self.credit.dirty)
-
-    def _build(self, now: float) -> bytes | None:
-        limit = self.cfg.max_packet
-        parts: list[bytes | bytearray | memoryview] = [fr.encode_pn(self._pn)]
-        size = fr.PN_LEN
-        rec = SentPacket(now)
-        if self.acks.needed:
-            ack = self.acks.take_frame()
-            parts.append(ack)
-            size += len(ack)
-        credit = self.credit
-        if credit.dirty:
-            credit.dirty = False
-            self._control.append(fr.encode_max_data(credit.limit))
-        control = self._control
-        while control and size + len(control[0]) <= limit:
-            frame = control.popleft()
-            parts.append(frame)
-            size += len(frame)
-            if frame[0] != fr.FrameType.PONG:  # PONG is neither acked nor resent
-                rec.items.append(frame)
-        if self._ready:
-            size = self._fill_streams(parts, size, rec, limit)
-        if len(parts) == 1:
-            return None
-        if rec.items:
-            self.recovery.on_sent(self._pn, rec, now)
-        self._pn += 1
-        self.stats["packets_sent"] += 1
-        packet = b"".join(parts)  # the one copy of the payload
-        for part in parts:
-            if isinstance(part, memoryview):
-                part.release()  # the send buffer may be resized again
-        return packet
-
-    def _fill_streams(
-        self,
-        parts: list[bytes | bytearray | memoryview],
-        size: int,
-        rec: SentPacket,
-        limit: int,
-    ) -> int:
-        ready = self._ready
-        credit = self.credit
-        for sid in list(ready):
-            st = self.streams.get(sid)
-            if st is None:
-                ready.pop(sid, None)
-                continue
-            rx = st.receiver
-            if rx.dirty and size + _WINDOW_UPDATE_SIZE <= limit:
-                rx.dirty = False
-                frame = fr.encode_max_stream_data(sid, rx.limit)
-                parts.append(frame)
-                size += len(frame)
-                rec.items.append(frame)
-            tx = st.sender
-            if st.phase is not StreamPhase.OPEN or tx.aborted:
-                if not rx.dirty:
-                    ready.pop(sid, None)
-                continue
-            size, sent, resent, status = tx.emit(
-                sid, parts, rec.items, size, limit, credit.send_room(), self._hold_tail
-            )
-            credit.sent += sent
-            if resent:
-                self.stats["retransmitted_bytes"] += resent
-            if status is EmitStatus.FULL:
-                break
-            if status is EmitStatus.HELD:
-                self.held_back = True
-                continue
-            ready.pop(sid, None)
-            if status is EmitStatus.MORE or rx.dirty:
-                ready[sid] = None  # fairness: to the back of the queue
-            if limit - size <= fr.STREAM_HEADER:
-                break
-        return size
+        return self.out.has_output()
