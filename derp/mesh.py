@@ -29,6 +29,7 @@ import trio
 
 from derp import frames as fr
 from derp.conn import DerpConn
+from derp.metrics import DropReason
 from derp.server import DerpServer
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class MeshLink:
         q = self._queue
         if len(q) >= self.max_queue:
             q.popleft()
-            self._server.metrics.drops["mesh_queue_full"] += 1
+            self._server.metrics.drops[DropReason.MESH_QUEUE_FULL] += 1
         q.append((fr.forward_packet_header(src, dst, len(data)), data))
         if not self._wake.is_set():
             self._wake.set()

@@ -49,7 +49,7 @@ from tunnel import frames as fr
 from tunnel.acks import AckTracker
 from tunnel.config import Config
 from tunnel.credit import INITIAL_MAX_DATA, SessionCredit
-from tunnel.errors import FlowControlError, ProtocolError
+from tunnel.errors import FlowControlError, ProtocolError, ResetReason
 from tunnel.frames import ErrorCode
 from tunnel.outbox import Outbox
 from tunnel.recovery import (
@@ -394,7 +394,7 @@ class Connection:
             st = self.streams.get(f.sid)
             if st is not None and st.sender.on_stop(f.code):
                 if not st.sender.done:
-                    self._abort_send(st, ErrorCode.STOPPED, "peer stopped reading")
+                    self._abort_send(st, ErrorCode.STOPPED, ResetReason.PEER_STOPPED)
                 self._changed.add(f.sid)
                 self._maybe_forget(st)
         elif isinstance(f, fr.MaxStreamData):

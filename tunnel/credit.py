@@ -14,7 +14,7 @@ and nothing is counted.
 
 from __future__ import annotations
 
-from tunnel.errors import FlowControlError
+from tunnel.errors import FlowControlError, ProtocolErrorReason
 
 # What each side may send before the first MAX_DATA arrives.
 INITIAL_MAX_DATA = 1 << 20
@@ -63,7 +63,9 @@ class SessionCredit:
             FlowControlError: that would pass the credit we granted (nothing counted).
         """
         if self.received + grow > self.limit:
-            raise FlowControlError("flow_violation", "beyond the session's credit")
+            raise FlowControlError(
+                ProtocolErrorReason.FLOW_VIOLATION, "beyond the session's credit"
+            )
         self.received += grow
 
     def consume(self, n: int) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 
 from tunnel.credit import SessionCredit
-from tunnel.errors import FlowControlError, IllegalTransition
+from tunnel.errors import FlowControlError, IllegalTransition, ProtocolErrorReason
 
 _EMPTY = b""
 
@@ -157,7 +157,7 @@ class RecvSide:
             or (fin and known is not None and end != known)
             or (fin and end < self.high)
         ):
-            raise FlowControlError("flow_violation", f"stream data ends at {end}")
+            raise FlowControlError(ProtocolErrorReason.FLOW_VIOLATION, f"stream data ends at {end}")
         if end > self.high:
             credit.on_receive(end - self.high)
             self.high = end
@@ -202,7 +202,9 @@ class RecvSide:
             or final_size > self.limit
             or (self.final_size is not None and final_size != self.final_size)
         ):
-            raise FlowControlError("flow_violation", f"reset with final size {final_size}")
+            raise FlowControlError(
+                ProtocolErrorReason.FLOW_VIOLATION, f"reset with final size {final_size}"
+            )
         if self.state is RecvState.DATA_READ:
             return False  # the reader already has its EOF
         if grow:

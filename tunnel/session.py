@@ -50,7 +50,9 @@ from tunnel.connection import (
     StreamRequest,
 )
 from tunnel.errors import (
+    CloseReason,
     PeerTimeoutError,
+    ResetReason,
     SessionClosedError,
     StreamRefusedError,
     TunnelError,
@@ -152,7 +154,7 @@ class Session:
                 task_status.started()
         finally:
             if self.error is None:
-                self.error = SessionClosedError("closed", "session ended")
+                self.error = SessionClosedError(CloseReason.CLOSED, "session ended")
             self._notify_all()
             self.finished.set()
             with trio.CancelScope(shield=True):
@@ -169,7 +171,7 @@ class Session:
 
     def fail_quietly(self) -> None:
         """End the session without telling the peer (it will time out)."""
-        self.fail(SessionClosedError("closed", "session closed locally"))
+        self.fail(SessionClosedError(CloseReason.CLOSED, "session closed locally"))
 
     async def aclose(self) -> None:
         """Tell the peer (best effort) and end the session."""
@@ -177,7 +179,7 @@ class Session:
             self.conn.close(ErrorCode.CLOSED, "session closed")
             with trio.move_on_after(0.5):
                 await self._flush()
-        self.fail(SessionClosedError("closed", "session closed locally"))
+        self.fail(SessionClosedError(CloseReason.CLOSED, "session closed locally"))
 
     def start_handshake(self) -> None:
         self.channel.start_handshake(trio.current_time())
@@ -203,12 +205,14 @@ class Session:
                 await self.wait_stream(sid)
                 self._check()
                 if conn is not self.conn:
-                    raise SessionClosedError("peer_restarted", "peer restarted while opening")
+                    raise SessionClosedError(
+                        CloseReason.PEER_RESTARTED, "peer restarted while opening"
+                    )
         except BaseException:
             # Cancelled (or failed) while opening: abandon the stream so the
             # peer's side does not wait forever.
             if st.phase is StreamPhase.OPENING and conn is self.conn:
-                conn.reset(sid, ErrorCode.CLOSED, "open abandoned")
+                conn.reset(sid, ErrorCode.CLOSED, ResetReason.OPEN_ABANDONED)
                 conn.close_read(sid)
                 self.wake()
             raise
@@ -347,7 +351,7 @@ class Session:
             self._datagram(data, via)
         except Exception as exc:  # a bug here must end one session, not the process
             log.exception("tunnel session with %s failed on input", self.peer_key.hex()[:8])
-            self.fail(SessionClosedError("internal_error", repr(exc)))
+            self.fail(SessionClosedError(CloseReason.INTERNAL_ERROR, repr(exc)))
 
     def _datagram(self, data: bytes, via: PacketPath) -> None:
         now = trio.current_time()
@@ -399,7 +403,7 @@ class Session:
                 if pong is not None:
                     pong.set()
             elif isinstance(ev, PeerClosed):
-                self.fail(SessionClosedError("peer_closed", ev.reason or "peer closed"))
+                self.fail(SessionClosedError(CloseReason.PEER_CLOSED, ev.reason or "peer closed"))
         for sid in conn.take_changed():
             woke = self.notify_stream(sid) or woke
         return woke

@@ -17,7 +17,7 @@ from typing import Protocol
 import trio
 
 from tunnel.connection import Connection, StreamState
-from tunnel.errors import StreamResetError, TunnelError
+from tunnel.errors import ResetReason, StreamResetError, TunnelError
 from tunnel.frames import ErrorCode
 
 DEFAULT_RECEIVE = 256 * 1024
@@ -99,7 +99,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if st.sender.aborted:
             code, reason = st.error if st.error else (ErrorCode.STOPPED, "stream reset")
             if st.sender.stopped is not None:
-                code, reason = st.sender.stopped, "peer stopped reading"
+                code, reason = st.sender.stopped, ResetReason.PEER_STOPPED
             return StreamResetError(code, reason)
         return self._session_error()
 
@@ -220,7 +220,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._closed = True
             if self._session.conn is self._conn and self._session.error is None:
                 if self._st.receiver.has_unread():
-                    self._conn.reset(self.sid, ErrorCode.CLOSED, "closed with unread data")
+                    self._conn.reset(self.sid, ErrorCode.CLOSED, ResetReason.UNREAD_DATA)
                 elif not self._eof_sent:
                     self._conn.send_eof(self.sid)
                 self._conn.close_read(self.sid)
