@@ -1,17 +1,20 @@
 """``TunnelStream``: one tunnel stream as a ``trio.abc.HalfCloseableStream``.
 
-The stream holds its ``StreamState`` and calls into its host's
-``Connection``; waiting is done on per-stream events the host sets when the
-connection reports the stream changed.  The host is a ``StreamHost`` (the
-session implements it): this module never imports the session, so the
-session may build streams without an import circle. Errors map like ``SSLStream``:
-a peer reset, a STOP, or a failed session -> ``trio.BrokenResourceError``
-(with the tunnel error as ``__cause__``); using a stream after ``aclose``
-or sending after ``send_eof`` -> ``trio.ClosedResourceError``.
+The stream keeps the application's side in a ``_State`` (OPEN -> EOF_SENT ->
+CLOSED, or OPEN -> CLOSED; like ``SSLStream``'s) and holds its
+``StreamState`` (the wire's side, owned by the ``Connection``).  Waiting is
+done on per-stream events its host sets when the connection reports the
+stream changed.  The host is a ``StreamHost`` (the session implements it):
+this module never imports the session, so the session may build streams
+without an import circle.  Errors map like ``SSLStream``: a peer reset, a
+STOP, or a failed session -> ``trio.BrokenResourceError`` (with the tunnel
+error as ``__cause__``); using a stream after ``aclose`` or sending after
+``send_eof`` -> ``trio.ClosedResourceError``.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Protocol
 
 import trio
@@ -67,6 +70,14 @@ class _Conflict:
         self.busy = False
 
 
+class _State(enum.Enum):
+    """The application's side of the stream (the connection keeps the wire's)."""
+
+    OPEN = "open"
+    EOF_SENT = "eof_sent"  # send_eof called: receiving only
+    CLOSED = "closed"  # aclose or reset called: nothing more
+
+
 class TunnelStream(trio.abc.HalfCloseableStream):
     """A reliable, ordered byte stream to a service on the peer.
 
@@ -82,10 +93,13 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self.sid = state.sid
         self.peer_key = session.peer_key
         self.service = state.service
-        self._closed = False
-        self._eof_sent = False
+        self._state = _State.OPEN
         self._send_conflict = _Conflict("sending on this stream")
         self._recv_conflict = _Conflict("receiving on this stream")
+
+    def _live(self) -> bool:
+        """The session is up and still on the connection this stream lives on."""
+        return self._session.error is None and self._session.conn is self._conn
 
     def _session_error(self) -> TunnelError | None:
         if self._session.error is not None:
@@ -93,6 +107,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if self._session.conn is not self._conn:
             return StreamResetError(ErrorCode.SESSION_ENDED, "peer restarted")
         return None
+
+    def _check_sending(self) -> None:
+        if self._state is not _State.OPEN:
+            raise trio.ClosedResourceError("stream closed for sending")
 
     def _send_error(self) -> BaseException | None:
         st = self._st
@@ -112,14 +130,13 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: another task is sending.
         """
         with self._send_conflict:
-            if self._closed or self._eof_sent:
-                raise trio.ClosedResourceError("stream closed for sending")
+            self._check_sending()
             # Cancel point first, schedule point last: the bytes are queued
             # before we yield, so the session's sender sees them at once.
             await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
             while True:
-                if self._closed:
+                if self._state is _State.CLOSED:
                     raise trio.ClosedResourceError("stream closed")
                 err = self._send_error()
                 if err is not None:
@@ -138,26 +155,25 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until ``send_all`` would accept bytes without waiting."""
         with self._send_conflict:
-            if self._closed or self._eof_sent:
-                raise trio.ClosedResourceError("stream closed for sending")
+            self._check_sending()
             await trio.lowlevel.checkpoint()
             while (
                 self._conn.send_space(self.sid) == 0
                 and self._send_error() is None
-                and not self._closed
+                and self._state is not _State.CLOSED
             ):
                 await self._session.wait_stream(self.sid)
-            if self._closed:
+            if self._state is _State.CLOSED:
                 raise trio.ClosedResourceError("stream closed")
 
     async def send_eof(self) -> None:
         """Finish our direction: the peer reads EOF after the bytes sent so far."""
         with self._send_conflict:
-            if self._closed:
+            if self._state is _State.CLOSED:
                 raise trio.ClosedResourceError("stream closed")
             await trio.lowlevel.checkpoint()
-            if not self._eof_sent:
-                self._eof_sent = True
+            if self._state is _State.OPEN:
+                self._state = _State.EOF_SENT
                 self._conn.send_eof(self.sid)
                 self._session.wake()
 
@@ -181,7 +197,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             rx = st.receiver
             waited = False
             while True:
-                if self._closed:
+                if self._state is _State.CLOSED:
                     raise trio.ClosedResourceError("stream closed")
                 if rx.buf:
                     data = self._conn.read(self.sid, max_bytes)
@@ -210,18 +226,19 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._conn.reset(self.sid, code, reason)
             self._conn.close_read(self.sid)
             self._session.wake()
-        self._closed = True
+        self._state = _State.CLOSED
         self._session.notify_stream(self.sid)
 
     async def aclose(self) -> None:
         """Close gracefully: FIN our direction (buffered bytes still arrive) and
         STOP the peer's if it has not ended; unread bytes are discarded."""
-        if not self._closed:
-            self._closed = True
-            if self._session.conn is self._conn and self._session.error is None:
+        if self._state is not _State.CLOSED:
+            eof_sent = self._state is _State.EOF_SENT
+            self._state = _State.CLOSED
+            if self._live():
                 if self._st.receiver.has_unread():
                     self._conn.reset(self.sid, ErrorCode.CLOSED, ResetReason.UNREAD_DATA)
-                elif not self._eof_sent:
+                elif not eof_sent:
                     self._conn.send_eof(self.sid)
                 self._conn.close_read(self.sid)
                 self._session.wake()
