@@ -36,7 +36,11 @@ class AckTracker:
 
     def on_packet(self, pn: int, eliciting: bool) -> None:
         """Record packet ``pn``; an ack-eliciting one makes an ACK due."""
-        self._add(pn)
+        rs = self.ranges
+        if rs and rs[-1][1] + 1 == pn:  # the common case: the next in order
+            rs[-1][1] = pn
+        else:
+            self._add(pn)
         if eliciting:
             self.needed = True
             self.unacked += 1

@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 _EMPTY = b""
+_OPENING = StreamPhase.OPENING
+_PENDING = StreamPhase.PENDING
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ class Connection:
         out = rx.read(max_bytes, self.credit)
         if rx.dirty:
             self._ready[sid] = None
-        if out:
+        if rx.done:
             self._maybe_forget(st)
         return out
 
@@ -326,7 +328,8 @@ class Connection:
             self._ready[f.sid] = None
         if changed:
             self._changed.add(f.sid)
-            self._maybe_forget(st)
+            if rx.done:
+                self._maybe_forget(st)
 
     def _on_ack(self, f: fr.Ack, now: float) -> None:
         acked, lost = self.recovery.on_ack(f, now)
@@ -376,7 +379,7 @@ class Connection:
             self._on_open(f)
         elif isinstance(f, fr.OpenOk):
             st = self.streams.get(f.sid)
-            if st is not None and st.phase is StreamPhase.OPENING:
+            if st is not None and st.phase is _OPENING:
                 st.phase = StreamPhase.OPEN
                 st.sender.peer_max = max(st.sender.peer_max, f.window)
                 self._ready[f.sid] = None
@@ -448,7 +451,13 @@ class Connection:
         self._changed.add(st.sid)
 
     def _maybe_forget(self, st: StreamState) -> None:
-        if st.done() and self.streams.get(st.sid) is st:
+        # StreamState.done(), spelled out: this runs for most packets.
+        if (
+            st.sender.done
+            and st.receiver.done
+            and st.phase is not _PENDING
+            and self.streams.get(st.sid) is st
+        ):
             del self.streams[st.sid]
             self._ready.pop(st.sid, None)
 

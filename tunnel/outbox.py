@@ -27,6 +27,11 @@ from tunnel.send_side import EmitStatus
 from tunnel.stream_state import StreamPhase, StreamState
 
 _WINDOW_UPDATE_SIZE = 13  # MAX_STREAM_DATA: type, sid u32, maximum u64
+# Members bound once: an Enum class attribute costs a lookup on every use.
+_OPEN = StreamPhase.OPEN
+_MORE = EmitStatus.MORE
+_HELD = EmitStatus.HELD
+_FULL = EmitStatus.FULL
 
 
 class Outbox:
@@ -146,23 +151,23 @@ class Outbox:
                 size += len(frame)
                 rec.items.append(frame)
             tx = st.sender
-            if st.phase is not StreamPhase.OPEN or tx.aborted:
+            if st.phase is not _OPEN or tx.aborted:
                 if not rx.dirty:
                     ready.pop(sid, None)
                 continue
             size, sent, resent, status = tx.emit(
-                sid, parts, rec.items, size, limit, credit.send_room(), self._hold_tail
+                sid, parts, rec.items, size, limit, credit.peer_max - credit.sent, self._hold_tail
             )
             credit.sent += sent
             if resent:
                 self._stats["retransmitted_bytes"] += resent
-            if status is EmitStatus.FULL:
+            if status is _FULL:
                 break
-            if status is EmitStatus.HELD:
+            if status is _HELD:
                 self.held_back = True
                 continue
             ready.pop(sid, None)
-            if status is EmitStatus.MORE or rx.dirty:
+            if status is _MORE or rx.dirty:
                 ready[sid] = None  # fairness: to the back of the queue
             if limit - size <= fr.STREAM_HEADER:
                 break

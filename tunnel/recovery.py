@@ -17,6 +17,7 @@ delivered instead of resending it yet again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tunnel import frames as fr
@@ -43,7 +44,7 @@ class SentPacket:
 
 
 def _covered(
-    packets: dict[int, SentPacket], ranges: list[tuple[int, int]], largest: int
+    packets: dict[int, SentPacket], ranges: Sequence[tuple[int, int]], largest: int
 ) -> list[int]:
     # Packet numbers of ``packets`` (ascending) inside the sorted ``ranges``.
     out: list[int] = []
@@ -125,10 +126,13 @@ class LossRecovery:
         if not f.ranges:
             return [], []
         largest = f.ranges[0][1]
-        ranges = sorted(f.ranges)
+        ranges = sorted(f.ranges) if len(f.ranges) > 1 else f.ranges  # ascending
         sent = self.sent
         newly = _covered(sent, ranges, largest)
+        if not newly and not self.lost:
+            return [], []
         acked = [sent.pop(pn) for pn in newly]
+        newest = acked[-1] if newly and newly[-1] == largest else None
         if self.lost:
             lost = self.lost
             acked += [lost.pop(pn) for pn in _covered(lost, ranges, largest)]
@@ -136,8 +140,8 @@ class LossRecovery:
             return acked, []
         if largest > self.largest_acked:
             self.largest_acked = largest
-        if newly[-1] == largest:
-            self._rtt_sample(now - acked[len(newly) - 1].time)
+        if newest is not None:
+            self._rtt_sample(now - newest.time)
         self.backoff = 1.0
         self.last_progress = now
         return acked, self._detect_lost(now)

@@ -51,7 +51,13 @@ RECV_TRANSITIONS: dict[RecvState, frozenset[RecvState]] = {
     RecvState.RESET_RECVD: frozenset(),
 }
 
-_DONE = frozenset({RecvState.DATA_READ, RecvState.RESET_RECVD})
+# Members bound once: an Enum class attribute costs a lookup on every use.
+_RECV = RecvState.RECV
+_SIZE_KNOWN = RecvState.SIZE_KNOWN
+_DATA_RECVD = RecvState.DATA_RECVD
+_DATA_READ = RecvState.DATA_READ
+_RESET_RECVD = RecvState.RESET_RECVD
+_DONE = frozenset({_DATA_READ, _RESET_RECVD})
 
 
 class RecvSide:
@@ -68,12 +74,19 @@ class RecvSide:
         limit: the highest offset granted so far.
         dirty: a MAX_STREAM_DATA with ``limit`` is due.
         read_closed: the application stopped reading; bytes are discarded.
+        done: the direction ended (DATA_READ or RESET_RECVD); kept by ``move``.
+        aborted: the state is RESET_RECVD; kept by ``move``.
+        at_eof: the state is DATA_READ: every byte up to the final size was
+            consumed, the reader sees EOF; kept by ``move``.
     """
 
     __slots__ = (
+        "aborted",
+        "at_eof",
         "buf",
         "consumed",
         "dirty",
+        "done",
         "final_size",
         "high",
         "limit",
@@ -85,7 +98,10 @@ class RecvSide:
     )
 
     def __init__(self, window: int) -> None:
-        self.state = RecvState.RECV
+        self.state = _RECV
+        self.done = False
+        self.aborted = False
+        self.at_eof = False
         self.buf = bytearray()
         self.next = 0
         self.high = 0
@@ -107,30 +123,18 @@ class RecvSide:
         if target not in RECV_TRANSITIONS[self.state]:
             raise IllegalTransition("stream receive side", self.state, target)
         self.state = target
+        self.done = target in _DONE
+        self.aborted = target is _RESET_RECVD
+        self.at_eof = target is _DATA_READ
 
-    def _settle(self) -> None:
+    def _settle(self, fin: int) -> None:
         # Move forward as far as the counters allow (a FIN on a stream whose
-        # bytes are all read goes RECV -> ... -> DATA_READ at once).
-        fin = self.final_size
-        if fin is None:
-            return
-        if self.state is RecvState.SIZE_KNOWN and self.next >= fin:
-            self.move(RecvState.DATA_RECVD)
-        if self.state is RecvState.DATA_RECVD and self.consumed >= fin:
-            self.move(RecvState.DATA_READ)
-
-    @property
-    def aborted(self) -> bool:
-        return self.state is RecvState.RESET_RECVD
-
-    @property
-    def at_eof(self) -> bool:
-        """Every byte up to the final size was consumed: the reader sees EOF."""
-        return self.state is RecvState.DATA_READ
-
-    @property
-    def done(self) -> bool:
-        return self.state in _DONE
+        # bytes are all read goes RECV -> ... -> DATA_READ at once).  Only
+        # called once the final size is known.
+        if self.state is _SIZE_KNOWN and self.next >= fin:
+            self.move(_DATA_RECVD)
+        if self.state is _DATA_RECVD and self.consumed >= fin:
+            self.move(_DATA_READ)
 
     def has_unread(self) -> bool:
         """Bytes arrived that the application has not read (in order or not)."""
@@ -146,7 +150,7 @@ class RecvSide:
             FlowControlError: beyond the stream's or the session's credit, past
                 the final size, or a FIN that moves it (nothing is changed).
         """
-        if self.state is RecvState.RESET_RECVD:
+        if self.aborted:
             return False
         end = offset + len(data)
         known = self.final_size
@@ -162,10 +166,11 @@ class RecvSide:
             credit.on_receive(end - self.high)
             self.high = end
         if fin and known is None:
-            self.final_size = end
-            self.move(RecvState.SIZE_KNOWN)
+            self.final_size = known = end
+            self.move(_SIZE_KNOWN)
         if end <= self.next:
-            self._settle()
+            if known is not None:
+                self._settle(known)
             return fin
         if offset <= self.next:
             skip = self.next - offset
@@ -182,7 +187,8 @@ class RecvSide:
             old = self.ooo.get(offset)
             if old is None or len(old) < len(data):
                 self.ooo[offset] = data
-        self._settle()
+        if known is not None:
+            self._settle(known)
         return True
 
     def on_reset(self, final_size: int, credit: SessionCredit) -> bool:
@@ -194,7 +200,7 @@ class RecvSide:
             FlowControlError: a final size the peer could not have sent (below
                 what arrived, beyond the credit, or not the FIN's).
         """
-        if self.state is RecvState.RESET_RECVD:
+        if self.aborted:
             return False
         grow = final_size - self.high
         if (
@@ -205,12 +211,12 @@ class RecvSide:
             raise FlowControlError(
                 ProtocolErrorReason.FLOW_VIOLATION, f"reset with final size {final_size}"
             )
-        if self.state is RecvState.DATA_READ:
+        if self.at_eof:
             return False  # the reader already has its EOF
         if grow:
             credit.on_receive(grow)
             self.high = final_size
-        self.move(RecvState.RESET_RECVD)
+        self.move(_RESET_RECVD)
         self.final_size = final_size
         unread = self.high - self.consumed
         self.buf.clear()
@@ -240,7 +246,8 @@ class RecvSide:
             out = bytes(buf[:max_bytes])
             del buf[:max_bytes]
         self._consume(len(out), credit)
-        self._settle()
+        if self.final_size is not None:
+            self._settle(self.final_size)
         return out
 
     def close_read(self, credit: SessionCredit) -> bool:
@@ -255,8 +262,9 @@ class RecvSide:
         if self.buf:
             self._consume(len(self.buf), credit)
             self.buf.clear()
-        self._settle()
-        return self.state in (RecvState.RECV, RecvState.SIZE_KNOWN)
+        if self.final_size is not None:
+            self._settle(self.final_size)
+        return self.state is _RECV or self.state is _SIZE_KNOWN
 
     def release(self, credit: SessionCredit) -> None:
         """The stream is forgotten: count its unread bytes as consumed."""
@@ -277,6 +285,6 @@ class RecvSide:
         self.consumed += n
         credit.consume(n)
         # Only while the final size is unknown is more credit any use.
-        if self.state is RecvState.RECV and self.limit - self.consumed <= self.window // 2:
+        if self.state is _RECV and self.limit - self.consumed <= self.window // 2:
             self.limit = self.consumed + self.window
             self.dirty = True

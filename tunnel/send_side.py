@@ -52,8 +52,14 @@ SEND_TRANSITIONS: dict[SendState, frozenset[SendState]] = {
     SendState.RESET_SENT: frozenset(),
 }
 
-_FIN_QUEUED = frozenset({SendState.FIN_QUEUED, SendState.DATA_SENT, SendState.DATA_RECVD})
-_DONE = frozenset({SendState.DATA_RECVD, SendState.RESET_SENT})
+# Members bound once: an Enum class attribute costs a lookup on every use,
+# and these are read per packet.
+_SEND = SendState.SEND
+_FIN_QUEUED = SendState.FIN_QUEUED
+_DATA_SENT = SendState.DATA_SENT
+_DATA_RECVD = SendState.DATA_RECVD
+_RESET_SENT = SendState.RESET_SENT
+_DONE = frozenset({_DATA_RECVD, _RESET_SENT})
 
 
 class EmitStatus(enum.Enum):
@@ -64,6 +70,11 @@ class EmitStatus(enum.Enum):
     HELD = "held"  # a runt tail held back for the writer's next bytes: stay put
     FULL = "full"  # resends left over: the packet is full, stay put
 
+
+_IDLE = EmitStatus.IDLE
+_MORE = EmitStatus.MORE
+_HELD = EmitStatus.HELD
+_FULL = EmitStatus.FULL
 
 # A stream item of a sent packet: (sid, offset, length, fin).
 StreamItem = tuple[int, int, int, bool]
@@ -80,14 +91,18 @@ class SendSide:
         capacity: most bytes ``buf`` may hold (the send buffer).
         peer_max: the peer's credit for this stream (MAX_STREAM_DATA).
         stopped: the code of the peer's STOP, once one arrived.
+        done: the direction ended (DATA_RECVD or RESET_SENT); kept by ``move``.
+        aborted: the state is RESET_SENT; kept by ``move``.
     """
 
     __slots__ = (
+        "aborted",
         "acked",
         "base",
         "buf",
         "bulk",
         "capacity",
+        "done",
         "fin_acked",
         "next",
         "peer_max",
@@ -98,7 +113,9 @@ class SendSide:
     )
 
     def __init__(self, capacity: int, peer_max: int = 0) -> None:
-        self.state = SendState.SEND
+        self.state = _SEND
+        self.done = False
+        self.aborted = False
         self.buf = bytearray()
         self.base = 0
         self.next = 0
@@ -121,24 +138,13 @@ class SendSide:
         if target not in SEND_TRANSITIONS[self.state]:
             raise IllegalTransition("stream send side", self.state, target)
         self.state = target
+        self.done = target in _DONE
+        self.aborted = target is _RESET_SENT
 
     @property
     def writable(self) -> bool:
         """The application may still write (no ``send_eof``, no reset)."""
-        return self.state is SendState.SEND
-
-    @property
-    def fin_queued(self) -> bool:
-        return self.state in _FIN_QUEUED
-
-    @property
-    def aborted(self) -> bool:
-        return self.state is SendState.RESET_SENT
-
-    @property
-    def done(self) -> bool:
-        """The direction ended: everything acknowledged, or reset."""
-        return self.state in _DONE
+        return self.state is _SEND
 
     def space(self) -> int:
         """Bytes ``write`` would take now."""
@@ -150,7 +156,7 @@ class SendSide:
     # -- application --------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Buffer up to ``space()`` bytes; return how many (0 once not writable)."""
-        if self.state is not SendState.SEND:
+        if self.state is not _SEND:
             return 0
         n = min(len(data), self.capacity - len(self.buf))
         if n <= 0:
@@ -160,9 +166,9 @@ class SendSide:
 
     def finish(self) -> bool:
         """Queue the FIN after the buffered bytes; False if not writable."""
-        if self.state is not SendState.SEND:
+        if self.state is not _SEND:
             return False
-        self.move(SendState.FIN_QUEUED)
+        self.move(_FIN_QUEUED)
         return True
 
     def abort(self) -> int:
@@ -171,7 +177,7 @@ class SendSide:
         Raises:
             IllegalTransition: the direction already ended.
         """
-        self.move(SendState.RESET_SENT)
+        self.move(_RESET_SENT)
         self.retx.clear()
         self.retx_fin = False
         self.buf.clear()
@@ -192,7 +198,7 @@ class SendSide:
 
         Returns True when something was queued again (the stream is ready).
         """
-        if self.state is SendState.RESET_SENT:
+        if self.aborted:
             return False
         if length:
             self.add_lost_range(offset, offset + length)
@@ -206,14 +212,14 @@ class SendSide:
         Returns True when the application may care: buffer space was freed,
         or the direction is done.
         """
-        if self.state is SendState.RESET_SENT:
+        if self.aborted:
             return False
         if fin:
             self.fin_acked = True
         freed = self._acked_range(offset, offset + length) if length else False
-        if self.state is SendState.DATA_SENT and self.fin_acked and self.base >= self.next:
-            self.move(SendState.DATA_RECVD)
-        return freed or self.state is SendState.DATA_RECVD
+        if self.fin_acked and self.state is _DATA_SENT and self.base >= self.next:
+            self.move(_DATA_RECVD)
+        return freed or self.done
 
     def _acked_range(self, start: int, end: int) -> bool:
         if end <= self.base:
@@ -309,7 +315,7 @@ class SendSide:
             items.append((sid, offset, end - offset, False))
             retransmitted += end - offset
         if retx:
-            return size, 0, retransmitted, EmitStatus.FULL
+            return size, 0, retransmitted, _FULL
         if self.retx_fin and limit - size >= fr.STREAM_HEADER:
             self.retx_fin = False
             if not self.fin_acked:  # the FIN sits at the final size
@@ -317,15 +323,15 @@ class SendSide:
                 size += fr.STREAM_HEADER
                 items.append((sid, self.next, 0, True))
         room = limit - size - fr.STREAM_HEADER
-        unsent = self.unsent()
+        unsent = self.base + len(self.buf) - self.next
         state = self.state
         credit = min(self.peer_max - self.next, session_room)
-        if 0 < unsent < hold_tail and self.bulk and state is SendState.SEND and credit >= unsent:
-            return size, 0, retransmitted, EmitStatus.HELD
+        if 0 < unsent < hold_tail and self.bulk and state is _SEND and credit >= unsent:
+            return size, 0, retransmitted, _HELD
         n = max(0, min(unsent, credit, room))
         if n:
             self.bulk = n == room
-        fin = state is SendState.FIN_QUEUED and n == unsent and room >= 0
+        fin = state is _FIN_QUEUED and n == unsent and room >= 0
         if n > 0 or fin:
             offset = self.next
             lo = offset - self.base
@@ -334,10 +340,10 @@ class SendSide:
             size += fr.STREAM_HEADER + n
             self.next += n
             if fin:
-                self.move(SendState.DATA_SENT)
+                self.move(_DATA_SENT)
             items.append((sid, offset, n, fin))
-        left = self.unsent()
-        if (left == 0 and self.state is not SendState.FIN_QUEUED) or (left and n < room):
+        left = unsent - n
+        if (left == 0 and self.state is not _FIN_QUEUED) or (left and n < room):
             # nothing left, or blocked on credit: wait for a window update
-            return size, n, retransmitted, EmitStatus.IDLE
-        return size, n, retransmitted, EmitStatus.MORE
+            return size, n, retransmitted, _IDLE
+        return size, n, retransmitted, _MORE
