@@ -17,6 +17,31 @@ def fresh(window: int = 100, session: int = 1000) -> tuple[RecvSide, SessionCred
     return RecvSide(window), SessionCredit(session)
 
 
+def side_in(state: RecvState) -> RecvSide:
+    """A side moved to ``state`` along legal moves found in the table itself."""
+    paths = {RecvState.RECV: list[RecvState]()}
+    todo = [RecvState.RECV]
+    while todo:
+        here = todo.pop(0)
+        for nxt in RECV_TRANSITIONS[here]:
+            if nxt not in paths:
+                paths[nxt] = [*paths[here], nxt]
+                todo.append(nxt)
+    side = RecvSide(100)
+    for step in paths[state]:
+        side.move(step)
+    assert side.state is state
+    return side
+
+
+def test_derived_flags_follow_the_state() -> None:
+    for state in RecvState:
+        side = side_in(state)
+        assert side.done == (state in {RecvState.DATA_READ, RecvState.RESET_RECVD})
+        assert side.aborted == (state is RecvState.RESET_RECVD)
+        assert side.at_eof == (state is RecvState.DATA_READ)
+
+
 def test_the_table_names_every_state() -> None:
     assert set(RECV_TRANSITIONS) == set(RecvState)
 
@@ -25,8 +50,7 @@ def test_the_table_names_every_state() -> None:
 def test_every_move_is_legal_exactly_when_the_table_lists_it(
     current: RecvState, target: RecvState
 ) -> None:
-    side = RecvSide(100)
-    side.state = current
+    side = side_in(current)
     if target in RECV_TRANSITIONS[current]:
         side.move(target)
         assert side.state is target

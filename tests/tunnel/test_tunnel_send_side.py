@@ -12,10 +12,30 @@ from tunnel.send_side import SEND_TRANSITIONS, EmitStatus, SendSide, SendState
 ALL_PAIRS = list(itertools.product(SendState, SendState))
 
 
+def path_to(state: SendState) -> list[SendState]:
+    """The legal moves from SEND to ``state``, found in the table itself."""
+    paths = {SendState.SEND: list[SendState]()}
+    todo = [SendState.SEND]
+    while todo:
+        here = todo.pop(0)
+        for nxt in SEND_TRANSITIONS[here]:
+            if nxt not in paths:
+                paths[nxt] = [*paths[here], nxt]
+                todo.append(nxt)
+    return paths[state]
+
+
 def side_in(state: SendState) -> SendSide:
     side = SendSide(capacity=1000, peer_max=1000)
-    side.state = state
+    for step in path_to(state):
+        side.move(step)
+    assert side.state is state
     return side
+
+
+def test_every_state_is_reachable() -> None:
+    for state in SendState:
+        assert side_in(state).done == (state in {SendState.DATA_RECVD, SendState.RESET_SENT})
 
 
 def test_the_table_names_every_state() -> None:
