@@ -25,7 +25,12 @@ from typing import Any
 import trio
 
 from derp import frames as fr
-from derp.errors import DerpConnectionClosed, DerpProtocolError, DerpTimeoutError
+from derp.errors import (
+    DerpConnectionClosed,
+    DerpProtocolError,
+    DerpTimeoutError,
+    ProtocolErrorReason,
+)
 from derp.handshake import build_client_info, open_server_info
 from derp.keys import check_key, public_key
 from web.prefixed import PrefixedStream
@@ -139,9 +144,11 @@ class DerpConn:
             with trio.fail_after(timeout):
                 first = await _read_frame(stream, decoder)
                 if not isinstance(first, fr.ServerKey):
-                    raise DerpProtocolError("expected_server_key", type(first).__name__)
+                    raise DerpProtocolError(
+                        ProtocolErrorReason.EXPECTED_SERVER_KEY, type(first).__name__
+                    )
                 if expect_server_key is not None and first.key != expect_server_key:
-                    raise DerpProtocolError("server_key_mismatch")
+                    raise DerpProtocolError(ProtocolErrorReason.SERVER_KEY_MISMATCH)
                 conn = cls(stream, private_key, first.key, decoder)
                 info = build_client_info(
                     private_key, first.key, mesh_key=mesh_key, can_ack_pings=can_ack_pings

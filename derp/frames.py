@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final
 
-from derp.errors import DerpProtocolError
+from derp.errors import DerpProtocolError, ProtocolErrorReason
 
 # "DERP" followed by the UTF-8 key emoji (U+1F511).
 MAGIC: Final = b"DERP\xf0\x9f\x94\x91"
@@ -358,13 +358,15 @@ _Parser = Callable[[bytes], Frame]
 
 def _need(payload: bytes, n: int) -> None:
     if len(payload) < n:
-        raise DerpProtocolError("short_payload", f"need {n} bytes, got {len(payload)}")
+        raise DerpProtocolError(
+            ProtocolErrorReason.SHORT_PAYLOAD, f"need {n} bytes, got {len(payload)}"
+        )
 
 
 def _p_server_key(p: bytes) -> Frame:
     _need(p, len(MAGIC) + KEY_LEN)
     if p[:8] != MAGIC:
-        raise DerpProtocolError("bad_magic")
+        raise DerpProtocolError(ProtocolErrorReason.BAD_MAGIC)
     return ServerKey(p[8:40], p[40:])
 
 
@@ -424,7 +426,7 @@ def _p_health(p: bytes) -> Frame:
     try:
         return Health(p.decode())
     except UnicodeDecodeError:
-        raise DerpProtocolError("bad_utf8", "Health text is not UTF-8") from None
+        raise DerpProtocolError(ProtocolErrorReason.BAD_UTF8, "Health text is not UTF-8") from None
 
 
 def _p_restarting(p: bytes) -> Frame:
@@ -519,7 +521,7 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
-    def _fail(self, reason: str, detail: str = "") -> DerpProtocolError:
+    def _fail(self, reason: ProtocolErrorReason, detail: str = "") -> DerpProtocolError:
         self._error = DerpProtocolError(reason, detail)
         return self._error
 
@@ -539,10 +541,16 @@ class FrameDecoder:
                 return None
             ftype, length = _HDR.unpack_from(buf, pos)
             if length > self.max_frame_size:
-                raise self._fail("frame_too_large", f"type {ftype:#x} declares {length} bytes")
+                raise self._fail(
+                    ProtocolErrorReason.FRAME_TOO_LARGE, f"type {ftype:#x} declares {length} bytes"
+                )
             limit = _MAX_PAYLOAD.get(ftype)
             if limit is not None and length > limit:
-                reason = "packet_too_large" if limit > MAX_PACKET_SIZE else "frame_too_large"
+                reason = (
+                    ProtocolErrorReason.PACKET_TOO_LARGE
+                    if limit > MAX_PACKET_SIZE
+                    else ProtocolErrorReason.FRAME_TOO_LARGE
+                )
                 raise self._fail(reason, f"type {ftype:#x} declares {length} bytes")
             start = pos + FRAME_HEADER_LEN
             end = start + length
@@ -551,7 +559,9 @@ class FrameDecoder:
                     return None
                 nkeys = 2 if ftype == _FORWARD else 1
                 if length < nkeys * KEY_LEN:
-                    raise self._fail("short_payload", f"packet frame of {length} bytes")
+                    raise self._fail(
+                        ProtocolErrorReason.SHORT_PAYLOAD, f"packet frame of {length} bytes"
+                    )
                 self._pos = end
                 k1 = bytes(buf[start : start + KEY_LEN])
                 with memoryview(buf) as mv:

@@ -28,7 +28,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.utils import random as nacl_random
 
-from derp.errors import DerpProtocolError
+from derp.errors import DerpProtocolError, ProtocolErrorReason
 from derp.frames import (
     BOX_OVERHEAD,
     KEY_LEN,
@@ -86,17 +86,17 @@ def _open(
     private_key: bytes, peer_public: bytes, nonce: bytes, box: bytes, what: str
 ) -> dict[str, Any]:
     if len(box) - BOX_OVERHEAD > MAX_INFO_LEN:
-        raise DerpProtocolError("info_too_large", f"{what} of {len(box)} bytes")
+        raise DerpProtocolError(ProtocolErrorReason.INFO_TOO_LARGE, f"{what} of {len(box)} bytes")
     try:
         plain = _box(private_key, peer_public).decrypt(box, nonce)
     except (CryptoError, ValueError, TypeError):
-        raise DerpProtocolError("bad_box", f"{what} box does not open") from None
+        raise DerpProtocolError(ProtocolErrorReason.BAD_BOX, f"{what} box does not open") from None
     try:
         obj = json.loads(plain)
     except (UnicodeDecodeError, ValueError):
-        raise DerpProtocolError("bad_json", f"{what} is not JSON") from None
+        raise DerpProtocolError(ProtocolErrorReason.BAD_JSON, f"{what} is not JSON") from None
     if not isinstance(obj, dict):
-        raise DerpProtocolError("bad_json", f"{what} is not a JSON object")
+        raise DerpProtocolError(ProtocolErrorReason.BAD_JSON, f"{what} is not a JSON object")
     return obj
 
 
@@ -131,13 +131,15 @@ def open_client_info(frame: ClientInfo, server_private: bytes) -> ClientInfoPayl
             wrong type).
     """
     if len(frame.key) != KEY_LEN:
-        raise DerpProtocolError("short_payload", "client key")
+        raise DerpProtocolError(ProtocolErrorReason.SHORT_PAYLOAD, "client key")
     obj = _open(server_private, frame.key, frame.nonce, frame.box, "ClientInfo")
     version = obj.get("version", 0)
     can_ack = obj.get("CanAckPings", False)
     mesh_hex = obj.get("meshKey")
     if not isinstance(version, int) or not isinstance(can_ack, bool):
-        raise DerpProtocolError("bad_client_info", "version/CanAckPings of the wrong type")
+        raise DerpProtocolError(
+            ProtocolErrorReason.BAD_CLIENT_INFO, "version/CanAckPings of the wrong type"
+        )
     mesh_key: bytes | None = None
     if isinstance(mesh_hex, str) and mesh_hex:
         try:

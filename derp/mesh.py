@@ -2,17 +2,20 @@
 
 Theory of operation
 -------------------
-``run_mesh_link(server, dial, name=...)`` loops forever: dial the sibling
-(``dial`` returns a stream already upgraded to DERP), handshake as a client
-with the server's own key and the mesh key, send WatchConns, then read.  Each
-PeerPresent teaches ``server`` that the key lives behind this link; each
-PeerGone unteaches it.  While the link is up, a SendPacket for such a key is
-queued on the link as ForwardPacket (``MeshLink.forward``, never blocking the
-reader that calls it; drop-oldest when full) and a writer task sends what is
-queued in batches.  The sibling delivers forwarded packets only locally, so a
-packet crosses at most one mesh hop.  When the link breaks, every key learned
-through it is forgotten (local clients that sent to one get PeerGone) and the
-link redials after a jittered exponential backoff.
+``run_mesh_link(server, dial, private_key=..., name=...)`` loops forever:
+dial the sibling (``dial`` returns a stream already upgraded to DERP),
+handshake as a client with the relay's own key (passed in by whoever built
+the server, ``relay.node``) and the mesh key, send WatchConns, then read.
+Each PeerPresent teaches ``server`` that the key lives behind this link; each
+PeerGone unteaches it.  The link is the server's ``PacketForwarder``: the
+server calls only ``forward`` and never imports this module.  While the link
+is up, a SendPacket for such a key is queued on the link as ForwardPacket
+(``MeshLink.forward``, never blocking the reader that calls it; drop-oldest
+when full) and a writer task sends what is queued in batches.  The sibling
+delivers forwarded packets only locally, so a packet crosses at most one mesh
+hop.  When the link breaks, every key learned through it is forgotten (local
+clients that sent to one get PeerGone) and the link redials after a jittered
+exponential backoff.
 """
 
 from __future__ import annotations
@@ -21,15 +24,13 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import trio
 
 from derp import frames as fr
 from derp.conn import DerpConn
-
-if TYPE_CHECKING:
-    from derp.server import DerpServer
+from derp.metrics import DropReason
+from derp.server import DerpServer
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,17 @@ _BATCH_BYTES = 1 << 19
 class MeshLink:
     """The state of one outbound mesh link (owned by its ``run_mesh_link`` loop).
 
+    Implements ``derp.server.PacketForwarder``.
+
     Attributes:
         name: the sibling's name, for logs.
-        peers: remote key -> keys of local clients that sent to it (reader
-            tasks of local clients add senders; the link's reader adds keys).
+        max_queue: packets queued for the sibling before the oldest is dropped.
     """
 
-    __slots__ = ("_queue", "_server", "_wake", "max_queue", "name", "peers")
+    __slots__ = ("_queue", "_server", "_wake", "max_queue", "name")
 
     def __init__(self, name: str, server: DerpServer, max_queue: int) -> None:
         self.name = name
-        self.peers: dict[bytes, set[bytes]] = {}
         self.max_queue = max_queue
         self._server = server
         self._queue: deque[tuple[bytes, bytes]] = deque()  # (header+keys, data)
@@ -57,13 +58,10 @@ class MeshLink:
 
     def forward(self, src: bytes, dst: bytes, data: bytes) -> None:
         """Queue a packet for the sibling (called by local readers; never blocks)."""
-        senders = self.peers.get(dst)
-        if senders is not None:
-            senders.add(src)
         q = self._queue
         if len(q) >= self.max_queue:
             q.popleft()
-            self._server.metrics.drops["mesh_queue_full"] += 1
+            self._server.metrics.drops[DropReason.MESH_QUEUE_FULL] += 1
         q.append((fr.forward_packet_header(src, dst, len(data)), data))
         if not self._wake.is_set():
             self._wake.set()
@@ -121,6 +119,7 @@ async def run_mesh_link(
     server: DerpServer,
     dial: Callable[[], Awaitable[trio.abc.Stream]],
     *,
+    private_key: bytes,
     name: str,
     min_backoff: float = 0.5,
     max_backoff: float = 30.0,
@@ -132,6 +131,8 @@ async def run_mesh_link(
 
     Args:
         server: the local relay; must have a ``mesh_key``.
+        private_key: the relay's own private key (the one ``server`` was
+            built with), to handshake with the sibling as this relay.
         dial: returns a fresh stream to the sibling, already upgraded to DERP
             (raising any Exception on failure: the link logs it and retries).
         name: the sibling's name, for logs.
@@ -154,7 +155,7 @@ async def run_mesh_link(
             stream = await dial()
             conn = await DerpConn.handshake(
                 stream,
-                server._private_key,
+                private_key,
                 mesh_key=server.mesh_key,
                 timeout=handshake_timeout,
             )

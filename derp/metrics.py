@@ -1,12 +1,45 @@
-"""In-process counters of a DERP server (Prometheus export comes later, with coderd).
+"""In-process counters of a DERP server (rendered for Prometheus by ``coderd.metrics``).
 
-Plain integer attributes are bumped on the hot path; reasons go in Counters.
+Plain integer attributes are bumped on the hot path; reasons go in Counters
+keyed by closed ``StrEnum`` lists (``DropReason``, ``CloseReason``,
+``derp.errors.ProtocolErrorReason``), every reason present from the start
+with 0 (as Tailscale's derpserver registers each drop reason at start-up), so
+a reason nobody counts shows up as a 0 instead of being missing.
 ``snapshot()`` returns a JSON-ready copy.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from enum import StrEnum
+
+from derp.errors import ProtocolErrorReason
+
+
+class DropReason(StrEnum):
+    """Why a packet was dropped instead of delivered; the values are metric keys."""
+
+    UNKNOWN_DEST = "unknown_dest"  # no such client here or on a mesh sibling
+    UNKNOWN_DEST_ON_FORWARD = "unknown_dest_on_forward"  # a sibling forwarded to nobody
+    QUEUE_FULL = "queue_full"  # the destination's queue was full: oldest dropped
+    CONTROL_QUEUE_FULL = "control_queue_full"  # a client's control frames backed up
+    DISCONNECTED = "disconnected"  # queued for a client that went away
+    WRITE_ERROR = "write_error"  # being written when the write failed or timed out
+    DUPLICATE_CLIENT = "duplicate_client"  # being written when a newer connection took the key
+    MESH_QUEUE_FULL = "mesh_queue_full"  # a mesh link's queue was full: oldest dropped
+
+
+class CloseReason(StrEnum):
+    """Why a client connection ended; the values are metric keys."""
+
+    EOF = "eof"
+    READ_ERROR = "read_error"
+    WRITE_ERROR = "write_error"
+    WRITE_TIMEOUT = "write_timeout"
+    REPLACED = "replaced"
+    PROTOCOL_ERROR = "protocol_error"
+    SERVER_CLOSING = "server_closing"
+    CLOSED_BY_MESH = "closed_by_mesh"
 
 
 class Metrics:
@@ -21,11 +54,10 @@ class Metrics:
         packets_in / bytes_in: SendPacket/ForwardPacket frames (and data bytes) read.
         packets_out / bytes_out: RecvPacket frames (and data bytes) written to clients.
         packets_forwarded: packets sent on to a mesh sibling.
-        drops: packets dropped, by reason (unknown_dest, queue_full, disconnected,
-            write_error, duplicate_client, mesh_queue_full, ...).
-        protocol_errors: connections closed for peer misbehaviour, by reason.
-        closes: why connections ended (eof, read_error, write_error, write_timeout,
-            replaced, protocol_error, server_closing, closed_by_mesh).
+        drops: packets dropped, by ``DropReason``.
+        protocol_errors: connections closed for peer misbehaviour, by
+            ``ProtocolErrorReason``.
+        closes: why connections ended, by ``CloseReason``.
     """
 
     __slots__ = (
@@ -55,18 +87,26 @@ class Metrics:
         self.packets_out = 0
         self.bytes_out = 0
         self.packets_forwarded = 0
-        self.drops: Counter[str] = Counter()
-        self.protocol_errors: Counter[str] = Counter()
-        self.closes: Counter[str] = Counter()
+        self.drops: Counter[DropReason] = Counter(dict.fromkeys(DropReason, 0))
+        self.protocol_errors: Counter[ProtocolErrorReason] = Counter(
+            dict.fromkeys(ProtocolErrorReason, 0)
+        )
+        self.closes: Counter[CloseReason] = Counter(dict.fromkeys(CloseReason, 0))
 
-    def drop(self, reason: str, n: int = 1) -> None:
+    def drop(self, reason: DropReason, n: int = 1) -> None:
         """Count ``n`` packets dropped for ``reason``."""
         self.drops[reason] += n
+
+    def close(self, reason: CloseReason) -> None:
+        """Count one connection ended for ``reason``."""
+        self.closes[reason] += 1
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy of every counter; reason counters are nested dicts."""
         out: dict[str, object] = {}
         for name in self.__slots__:
             value = getattr(self, name)
-            out[name] = dict(value) if isinstance(value, Counter) else value
+            if isinstance(value, Counter):
+                value = {str(k): v for k, v in value.items()}
+            out[name] = value
         return out

@@ -37,21 +37,17 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from derp import frames as fr
 from derp.conn import read_socket, replays_bytes
-from derp.errors import DerpProtocolError
+from derp.errors import DerpProtocolError, ProtocolErrorReason
 from derp.handshake import build_server_info, open_client_info, server_key_frame
 from derp.keys import check_key, public_key
-from derp.metrics import Metrics
+from derp.metrics import CloseReason, DropReason, Metrics
 from derp.server_client import Client, TokenBucket
-
-if TYPE_CHECKING:
-    from derp.mesh import MeshLink
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +61,19 @@ _ForwardPacket = fr.ForwardPacket
 _recv_header = fr.recv_packet_header
 _forward_header = fr.forward_packet_header
 _RECV_HEADER_LEN = len(fr.recv_packet_header(bytes(fr.KEY_LEN), 0))
+
+
+class PacketForwarder(Protocol):
+    """What the server calls to reach a client connected to another relay.
+
+    A mesh link (``derp.mesh.MeshLink``) implements it and teaches the server
+    which keys it reaches (``learn_remote`` / ``forget_remote``); the server
+    never needs to know more about it, so the mesh depends on the server and
+    not the other way round (Tailscale's derpserver ``PacketForwarder``).
+    """
+
+    def forward(self, src: bytes, dst: bytes, data: bytes) -> None:
+        """Queue one packet for ``dst``; must never block (called by a reader task)."""
 
 
 class DerpServer:
@@ -115,8 +124,10 @@ class DerpServer:
         self.metrics = Metrics()
         self._clients: dict[bytes, Client] = {}
         self._watchers: set[Client] = set()
-        # Keys present on mesh siblings -> the link that reaches them.
-        self._routes: dict[bytes, MeshLink] = {}
+        # Keys present on mesh siblings -> the forwarder that reaches them,
+        # and the local clients that sent to each (told PeerGone when it leaves).
+        self._routes: dict[bytes, PacketForwarder] = {}
+        self._remote_senders: dict[bytes, set[bytes]] = {}
         self._closing = False
 
     # ------------------------------------------------------------ public
@@ -141,15 +152,15 @@ class DerpServer:
         """
         try:
             if self._closing:
-                self.metrics.closes["server_closing"] += 1
+                self.metrics.close(CloseReason.SERVER_CLOSING)
                 return
             await self._serve(stream, remote)
         except DerpProtocolError as exc:
             self.metrics.protocol_errors[exc.reason] += 1
-            self.metrics.closes["protocol_error"] += 1
+            self.metrics.close(CloseReason.PROTOCOL_ERROR)
             log.info("derp %s: closed: %s", remote, exc)
         except _STREAM_ERRORS as exc:
-            self.metrics.closes["read_error"] += 1
+            self.metrics.close(CloseReason.READ_ERROR)
             log.debug("derp %s: stream error: %r", remote, exc)
         finally:
             with trio.CancelScope(shield=True):
@@ -181,38 +192,9 @@ class DerpServer:
                 while any(not c.closed and not c.idle() for c in clients):  # noqa: ASYNC110
                     await trio.sleep(0.01)
         for c in clients:
-            self.metrics.closes["server_closing"] += 1
+            self.metrics.close(CloseReason.SERVER_CLOSING)
             c.scope.cancel()
         await trio.lowlevel.checkpoint()
-
-    async def run_mesh_link(
-        self,
-        dial: Callable[[], Awaitable[trio.abc.Stream]],
-        *,
-        name: str,
-        min_backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        ping_interval: float = 15.0,
-        ping_timeout: float = 10.0,
-    ) -> None:
-        """Keep a mesh link to one sibling relay up, forever (until cancelled).
-
-        See ``derp.mesh.run_mesh_link`` for the arguments.
-
-        Raises:
-            ValueError: this server has no mesh key.
-        """
-        from derp.mesh import run_mesh_link
-
-        await run_mesh_link(
-            self,
-            dial,
-            name=name,
-            min_backoff=min_backoff,
-            max_backoff=max_backoff,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-        )
 
     # ------------------------------------------------------------ connection
 
@@ -226,16 +208,16 @@ class DerpServer:
                 if info is None:
                     data = await stream.receive_some(_RECV_BYTES)
                     if not data:
-                        self.metrics.closes["eof"] += 1
+                        self.metrics.close(CloseReason.EOF)
                         return
                     decoder.feed(data)
         if info is None:
-            raise DerpProtocolError("handshake_timeout")
+            raise DerpProtocolError(ProtocolErrorReason.HANDSHAKE_TIMEOUT)
         if not isinstance(info, fr.ClientInfo):
-            raise DerpProtocolError("expected_client_info", type(info).__name__)
+            raise DerpProtocolError(ProtocolErrorReason.EXPECTED_CLIENT_INFO, type(info).__name__)
         payload = open_client_info(info, self._private_key)
         if self._closing:
-            self.metrics.closes["server_closing"] += 1
+            self.metrics.close(CloseReason.SERVER_CLOSING)
             return
         can_mesh = payload.mesh_key_matches(self.mesh_key)
         c = Client(
@@ -254,7 +236,7 @@ class DerpServer:
                 with trio.move_on_after(self._write_timeout(c)) as cs:
                     await stream.send_all(server_info)
                 if cs.cancelled_caught:
-                    self.metrics.closes["write_timeout"] += 1
+                    self.metrics.close(CloseReason.WRITE_TIMEOUT)
                     return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, c)
@@ -277,10 +259,11 @@ class DerpServer:
         if old is not None:
             # Last writer wins; queued packets follow the key to the new connection.
             m.duplicate_clients += 1
-            m.closes["replaced"] += 1
+            m.close(CloseReason.REPLACED)
             c.packets.extend(old.packets)
             old.packets.clear()
             c.senders |= old.senders
+            old.replaced = True
             old.scope.cancel()
             if c.packets:
                 c.wake.set()
@@ -296,7 +279,7 @@ class DerpServer:
             m.mesh_peers -= 1
         self._watchers.discard(c)
         if c.packets:
-            m.drop("disconnected", len(c.packets))
+            m.drop(DropReason.DISCONNECTED, len(c.packets))
             c.packets.clear()
         c.control.clear()
         if self._clients.get(c.key) is not c:
@@ -318,7 +301,7 @@ class DerpServer:
         # Control frames are small; bound them only for non-mesh clients (a mesh
         # watcher must see every PeerPresent/PeerGone).
         if not c.can_mesh and len(c.control) >= 4 * self.queue_size:
-            self.metrics.drop("control_queue_full")
+            self.metrics.drop(DropReason.CONTROL_QUEUE_FULL)
             return
         c.control.append(frame)
         if not c.wake.is_set():
@@ -336,7 +319,7 @@ class DerpServer:
         q = dst.packets
         if len(q) >= self.queue_size:
             q.popleft()
-            self.metrics.drops["queue_full"] += 1
+            self.metrics.drops[DropReason.QUEUE_FULL] += 1
         q.append((_recv_header(src, len(data)), data))
         if not dst.wake.is_set():
             dst.wake.set()
@@ -448,17 +431,24 @@ class DerpServer:
                     try:
                         await stream.send_all(b"".join(parts))
                     except _STREAM_ERRORS:
-                        m.drop("write_error", npk)
-                        m.closes["write_error"] += 1
+                        m.drop(DropReason.WRITE_ERROR, npk)
+                        m.close(CloseReason.WRITE_ERROR)
                         c.scope.cancel()
                         return
+                    except trio.Cancelled:
+                        if c.replaced:
+                            # The newer connection got the queue, but not the
+                            # packets this write had taken off it.
+                            m.drop(DropReason.DUPLICATE_CLIENT, npk)
+                            c.busy = False
+                        raise
                     c.busy = False
                     m.packets_out += npk
                     m.bytes_out += data_bytes
                     keepalive_at = now + interval
             if c.busy:
-                m.drop("write_error", npk)
-                m.closes["write_timeout"] += 1
+                m.drop(DropReason.WRITE_ERROR, npk)
+                m.close(CloseReason.WRITE_TIMEOUT)
                 c.scope.cancel()
                 return
             control.append(_KEEPALIVE)
@@ -472,10 +462,10 @@ class DerpServer:
             await self._read_loop(c, decoder)
         except DerpProtocolError as exc:
             self.metrics.protocol_errors[exc.reason] += 1
-            self.metrics.closes["protocol_error"] += 1
+            self.metrics.close(CloseReason.PROTOCOL_ERROR)
             log.info("derp %s: closed: %s", c.remote, exc)
         except _STREAM_ERRORS:
-            self.metrics.closes["read_error"] += 1
+            self.metrics.close(CloseReason.READ_ERROR)
 
     async def _read_loop(self, c: Client, decoder: fr.FrameDecoder) -> None:
         m = self.metrics
@@ -504,7 +494,7 @@ class DerpServer:
                         q = dst.packets
                         if len(q) >= queue_size:
                             q.popleft()
-                            drops["queue_full"] += 1
+                            drops[DropReason.QUEUE_FULL] += 1
                         q.append((_recv_header(key, len(data)), data))
                         if dst.sock is not None and not dst.busy:
                             # Written by this task below, after the whole chunk.
@@ -515,9 +505,10 @@ class DerpServer:
                         continue
                     link = routes.get(frame.dst)
                     if link is not None:
+                        self._remote_senders[frame.dst].add(key)
                         link.forward(key, frame.dst, data)
                         continue
-                    m.drops["unknown_dest"] += 1
+                    m.drops[DropReason.UNKNOWN_DEST] += 1
                     self._queue_control(
                         c, fr.encode(fr.PeerGone(frame.dst, fr.PeerGoneReason.NOT_HERE))
                     )
@@ -535,7 +526,7 @@ class DerpServer:
             else:
                 received = await stream.receive_some(_RECV_BYTES)
             if not received:
-                m.closes["eof"] += 1
+                m.close(CloseReason.EOF)
                 return
             if bucket is not None:
                 delay = bucket.take(len(received), trio.current_time())
@@ -551,17 +542,21 @@ class DerpServer:
             c.preferred = frame.preferred
         elif isinstance(frame, fr.ForwardPacket):
             if not c.can_mesh:
-                raise DerpProtocolError("mesh_forbidden", "ForwardPacket without mesh key")
+                raise DerpProtocolError(
+                    ProtocolErrorReason.MESH_FORBIDDEN, "ForwardPacket without mesh key"
+                )
             m.packets_in += 1
             m.bytes_in += len(frame.data)
             dst = self._clients.get(frame.dst)
             if dst is None or dst.can_mesh:
-                m.drops["unknown_dest_on_forward"] += 1
+                m.drops[DropReason.UNKNOWN_DEST_ON_FORWARD] += 1
             else:
                 self._deliver(dst, frame.src, frame.data)
         elif isinstance(frame, fr.WatchConns):
             if not c.can_mesh:
-                raise DerpProtocolError("mesh_forbidden", "WatchConns without mesh key")
+                raise DerpProtocolError(
+                    ProtocolErrorReason.MESH_FORBIDDEN, "WatchConns without mesh key"
+                )
             if not c.watching:
                 c.watching = True
                 self._watchers.add(c)
@@ -570,10 +565,12 @@ class DerpServer:
                         self._queue_control(c, fr.encode(fr.PeerPresent(other.key)))
         elif isinstance(frame, fr.ClosePeer):
             if not c.can_mesh:
-                raise DerpProtocolError("mesh_forbidden", "ClosePeer without mesh key")
+                raise DerpProtocolError(
+                    ProtocolErrorReason.MESH_FORBIDDEN, "ClosePeer without mesh key"
+                )
             target = self._clients.get(frame.key)
             if target is not None and not target.can_mesh:
-                m.closes["closed_by_mesh"] += 1
+                m.close(CloseReason.CLOSED_BY_MESH)
                 target.scope.cancel()
         # Anything else a client may not send (RecvPacket, ServerKey, a second
         # ClientInfo, Pong to a ping we never sent, ...) is ignored, as the
@@ -581,21 +578,22 @@ class DerpServer:
 
     # ------------------------------------------------------------ mesh hooks
 
-    def learn_remote(self, key: bytes, link: MeshLink) -> None:
+    def learn_remote(self, key: bytes, link: PacketForwarder) -> None:
         """A mesh sibling reached by ``link`` has ``key`` connected."""
         if key == self.public_key:
             return
-        old = self._routes.get(key)
-        if old is not None and old is not link:
-            old.peers.pop(key, None)
         self._routes[key] = link
-        link.peers.setdefault(key, set())
+        self._remote_senders.setdefault(key, set())
 
-    def forget_remote(self, key: bytes, link: MeshLink) -> None:
-        """``key`` left the sibling behind ``link``: tell local clients that sent to it."""
-        senders = link.peers.pop(key, None)
-        if self._routes.get(key) is link:
-            del self._routes[key]
+    def forget_remote(self, key: bytes, link: PacketForwarder) -> None:
+        """``key`` left the sibling behind ``link``: tell local clients that sent to it.
+
+        Ignored if ``key`` is reached through another link by now (it moved).
+        """
+        if self._routes.get(key) is not link:
+            return
+        del self._routes[key]
+        senders = self._remote_senders.pop(key, None)
         if senders and key not in self._clients:
             gone = fr.encode(fr.PeerGone(key, fr.PeerGoneReason.DISCONNECTED))
             for s in senders:
@@ -603,7 +601,7 @@ class DerpServer:
                 if sender is not None:
                     self._queue_control(sender, gone)
 
-    def forget_link(self, link: MeshLink) -> None:
+    def forget_link(self, link: PacketForwarder) -> None:
         """A mesh link went down: forget every peer learned through it."""
-        for key in list(link.peers):
+        for key in [k for k, v in self._routes.items() if v is link]:
             self.forget_remote(key, link)

@@ -49,6 +49,7 @@ class Client:
         "packets",
         "preferred",
         "remote",
+        "replaced",
         "scope",
         "senders",
         "sock",
@@ -90,6 +91,7 @@ class Client:
         self.senders: set[bytes] = set()
         self.scope = trio.CancelScope()  # cancel to end this connection (any)
         self.closed = False  # serve(): set when the connection is over
+        self.replaced = False  # any: a newer connection with the same key took over
 
     def idle(self) -> bool:
         """True when nothing is queued or being written."""

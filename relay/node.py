@@ -4,8 +4,8 @@
 (coderd mounts its API on ``node.frontdoor`` before ``serve``).  ``serve``
 binds the listener, reports the bound base URL through ``task_status``,
 keeps a mesh link to every ``mesh_with`` sibling (dialed like any client,
-with the mesh key; ``DerpServer.run_mesh_link`` redials forever), and on
-cancellation ends every DERP connection before returning.
+with the relay's key and the mesh key; ``derp.mesh.run_mesh_link`` redials
+forever), and on cancellation ends every DERP connection before returning.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import trio
 
 from derp.dial import dial, parse_url
 from derp.keys import generate_private_key, key_to_hex
+from derp.mesh import run_mesh_link
 from derp.server import DerpServer
 from relay.derp_routes import mount_derp
 from web.frontdoor import FrontDoor
@@ -104,8 +105,10 @@ class RelayNode:
     def __init__(self, config: RelayConfig) -> None:
         config.validate()
         self.config = config
+        # Kept here (not read back from the server) for the mesh handshakes.
+        self._private_key = config.private_key or generate_private_key()
         self.derp_server = DerpServer(
-            config.private_key or generate_private_key(),
+            self._private_key,
             mesh_key=config.mesh_key,
             queue_size=config.queue_size,
         )
@@ -136,7 +139,12 @@ class RelayNode:
         Raises:
             ValueError: this node has no mesh key.
         """
-        await self.derp_server.run_mesh_link(partial(self._dial_sibling, url), name=url)
+        await run_mesh_link(
+            self.derp_server,
+            partial(self._dial_sibling, url),
+            private_key=self._private_key,
+            name=url,
+        )
 
     async def drain(
         self, *, restarting: bool = True, reconnect_in: float = 0.5, try_for: float = 60.0,

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunnel.errors import ProtocolError, UnknownPeerError
+from tunnel.errors import DropReason, ProtocolError, ProtocolErrorReason, UnknownPeerError
 from tunnel.handshake import (
     MSG_INITIATION,
     MSG_RECORD,
@@ -101,7 +101,7 @@ class Channel:
         self._pending_sent = 0.0
         self._pending_started = 0.0
         self._outgoing: list[bytes | bytearray] = []
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason | ProtocolErrorReason] = Counter()
         self.handshakes = 0
 
     # -- sending --------------------------------------------------------
@@ -203,7 +203,7 @@ class Channel:
     def receive(self, datagram: bytes, now: float) -> Received:
         """Process one datagram from the peer; never raises for bad input."""
         if not datagram:
-            self.dropped["empty"] += 1
+            self.dropped[DropReason.EMPTY] += 1
             return _NOTHING
         kind = datagram[0]
         try:
@@ -216,7 +216,7 @@ class Channel:
         except ProtocolError as exc:
             self.dropped[exc.reason] += 1
             return _NOTHING
-        self.dropped["unknown_type"] += 1
+        self.dropped[DropReason.UNKNOWN_TYPE] += 1
         return _NOTHING
 
     def _keypair_for(self, index: int) -> Keypair | None:
@@ -228,10 +228,10 @@ class Channel:
     def _on_record(self, datagram: bytes, now: float) -> Received:
         kp = self._keypair_for(record_receiver_index(datagram))
         if kp is None:
-            self.dropped["unknown_index"] += 1
+            self.dropped[DropReason.UNKNOWN_INDEX] += 1
             return _NOTHING
         if kp.expired(now):
-            self.dropped["expired_keys"] += 1
+            self.dropped[DropReason.EXPIRED_KEYS] += 1
             return _NOTHING
         plaintext = kp.open(datagram)
         if kp is self.next:  # the initiator has our response: switch to it
@@ -250,7 +250,7 @@ class Channel:
                 last_timestamp=self.last_timestamps.get,
             )
         except UnknownPeerError:
-            self.dropped["static_key_mismatch"] += 1
+            self.dropped[DropReason.STATIC_KEY_MISMATCH] += 1
             return _NOTHING
         self.last_timestamps[state.peer_static] = state.timestamp
         index = int.from_bytes(os.urandom(4), "big")
@@ -263,7 +263,7 @@ class Channel:
     def _on_response(self, datagram: bytes, now: float) -> Received:
         pending = self._pending
         if pending is None or response_receiver_index(datagram) != pending.local_index:
-            self.dropped["unexpected_response"] += 1
+            self.dropped[DropReason.UNEXPECTED_RESPONSE] += 1
             return _NOTHING
         keys = consume_response(pending, datagram)
         self._pending = None

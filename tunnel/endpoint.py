@@ -27,6 +27,7 @@ import trio
 
 from tunnel import direct
 from tunnel.connection import Config
+from tunnel.errors import DropReason, ResetReason
 from tunnel.handshake import MSG_INITIATION, public_key
 from tunnel.path import Datagram, PacketPath, PathEvent, PathReset
 from tunnel.record import Limits
@@ -91,7 +92,7 @@ class Endpoint:
         ](accept_backlog)
         self._nursery: trio.Nursery | None = None
         self._started = trio.Event()
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason] = Counter()
         if relay is not None:
             self._relays[None] = relay
 
@@ -217,7 +218,7 @@ class Endpoint:
         try:
             self._accept_send.send_nowait((session.peer_key, service, stream))
         except trio.WouldBlock:
-            stream.reset(1, "accept backlog full")
+            stream.reset(1, ResetReason.BACKLOG_FULL)
         return True
 
     # == application API =================================================
@@ -314,10 +315,10 @@ class Endpoint:
         session: Session | None = self._sessions.get(src)
         if session is None or session.error is not None:
             if not data or data[0] != MSG_INITIATION:
-                self.dropped["no_session"] += 1
+                self.dropped[DropReason.NO_SESSION] += 1
                 return
             if not self._authorized(src):
-                self.dropped["unauthorized_peer"] += 1
+                self.dropped[DropReason.UNAUTHORIZED_PEER] += 1
                 return
             session = self._session_for(src)
         session.datagram_received(data, path)
@@ -353,10 +354,10 @@ class Endpoint:
             with trio.move_on_after(HELLO_TIMEOUT) as scope:
                 link = await direct.read_hello(stream)
             if scope.cancelled_caught:
-                self.dropped["direct_hello_timeout"] += 1
+                self.dropped[DropReason.DIRECT_HELLO_TIMEOUT] += 1
                 return
             if not self._authorized(link.peer):
-                self.dropped["direct_unauthorized"] += 1
+                self.dropped[DropReason.DIRECT_UNAUTHORIZED] += 1
                 return
             session = self._session_for(link.peer)
             session.add_link(link, probe=False)
@@ -370,6 +371,6 @@ class Endpoint:
         except (trio.EndOfChannel, trio.BrokenResourceError, OSError):
             pass
         except direct.DirectLinkError:
-            self.dropped["direct_framing"] += 1
+            self.dropped[DropReason.DIRECT_FRAMING] += 1
         finally:
             await trio.aclose_forcefully(stream)

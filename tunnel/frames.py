@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tunnel.errors import ProtocolError
+from tunnel.errors import ProtocolError, ProtocolErrorReason
 
 MAX_DATAGRAM = 65536  # a DERP packet holds at most 64 KiB
 MAX_PLAINTEXT = MAX_DATAGRAM - 32  # minus record header (16) and tag (16)
@@ -212,7 +212,9 @@ class _Reader:
     def take(self, n: int) -> memoryview:
         end = self.pos + n
         if end > len(self.buf):
-            raise ProtocolError("frame_truncated", f"need {n} bytes at {self.pos}")
+            raise ProtocolError(
+                ProtocolErrorReason.FRAME_TRUNCATED, f"need {n} bytes at {self.pos}"
+            )
         out = self.buf[self.pos : end]
         self.pos = end
         return out
@@ -220,7 +222,9 @@ class _Reader:
     def unpack(self, st: struct.Struct) -> tuple[int, ...]:
         end = self.pos + st.size
         if end > len(self.buf):
-            raise ProtocolError("frame_truncated", f"need {st.size} bytes at {self.pos}")
+            raise ProtocolError(
+                ProtocolErrorReason.FRAME_TRUNCATED, f"need {st.size} bytes at {self.pos}"
+            )
         out = st.unpack_from(self.buf, self.pos)
         self.pos = end
         return out
@@ -230,7 +234,7 @@ class _Reader:
         try:
             return bytes(self.take(n)).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ProtocolError("frame_text", "not UTF-8") from exc
+            raise ProtocolError(ProtocolErrorReason.FRAME_TEXT, "not UTF-8") from exc
 
 
 def parse(packet: bytes | bytearray | memoryview) -> tuple[int, list[Frame]]:
@@ -241,7 +245,7 @@ def parse(packet: bytes | bytearray | memoryview) -> tuple[int, list[Frame]]:
         ProtocolError: truncated frame, unknown frame type, bad text.
     """
     if len(packet) < PN_LEN:
-        raise ProtocolError("packet_short", f"{len(packet)} bytes")
+        raise ProtocolError(ProtocolErrorReason.PACKET_SHORT, f"{len(packet)} bytes")
     (pn,) = _Q.unpack_from(packet)
     packet = memoryview(packet)
     r = _Reader(packet, PN_LEN)
@@ -259,7 +263,7 @@ def parse(packet: bytes | bytearray | memoryview) -> tuple[int, list[Frame]]:
             for _ in range(count):
                 a, b = r.unpack(_QQ)
                 if a > b:
-                    raise ProtocolError("ack_range", f"{a} > {b}")
+                    raise ProtocolError(ProtocolErrorReason.ACK_RANGE, f"{a} > {b}")
                 ranges.append((a, b))
             frames.append(Ack(tuple(ranges)))
         elif kind == FrameType.PING:
@@ -290,7 +294,7 @@ def parse(packet: bytes | bytearray | memoryview) -> tuple[int, list[Frame]]:
             (code,) = r.unpack(_H)
             frames.append(Close(code, r.text()))
         else:
-            raise ProtocolError("frame_type", f"unknown frame type {kind:#x}")
+            raise ProtocolError(ProtocolErrorReason.FRAME_TYPE, f"unknown frame type {kind:#x}")
     return pn, frames
 
 

@@ -47,6 +47,7 @@ from tunnel.errors import (
     HandshakeError,
     HandshakeReplayError,
     HandshakeTruncatedError,
+    ProtocolErrorReason,
     UnknownPeerError,
 )
 
@@ -87,9 +88,9 @@ def _dh(private_key: bytes, public: bytes) -> bytes:
     try:
         shared = bytes(crypto_scalarmult(private_key, public))
     except Exception as exc:  # nacl raises RuntimeError on low-order points
-        raise HandshakeAuthError("bad_public_key", "X25519 failed") from exc
+        raise HandshakeAuthError(ProtocolErrorReason.BAD_PUBLIC_KEY, "X25519 failed") from exc
     if hmac.compare_digest(shared, _ZERO32):
-        raise HandshakeAuthError("bad_public_key", "low-order point")
+        raise HandshakeAuthError(ProtocolErrorReason.BAD_PUBLIC_KEY, "low-order point")
     return shared
 
 
@@ -147,7 +148,9 @@ class _Symmetric:
         try:
             pt = ChaCha20Poly1305(self.k).decrypt(_nonce(self.n), ciphertext, self.h)
         except InvalidTag as exc:
-            raise HandshakeAuthError("handshake_auth", "AEAD check failed") from exc
+            raise HandshakeAuthError(
+                ProtocolErrorReason.HANDSHAKE_AUTH, "AEAD check failed"
+            ) from exc
         self.n += 1
         self.mix_hash(ciphertext)
         return pt
@@ -284,7 +287,8 @@ def consume_initiation(
     """
     if len(message) != INITIATION_SIZE or message[:4] != bytes([MSG_INITIATION, 0, 0, 0]):
         raise HandshakeTruncatedError(
-            "handshake_size", f"initiation is {INITIATION_SIZE} bytes, got {len(message)}"
+            ProtocolErrorReason.HANDSHAKE_SIZE,
+            f"initiation is {INITIATION_SIZE} bytes, got {len(message)}",
         )
     (peer_index,) = struct.unpack_from(">I", message, 4)
     e_pub = message[8:40]
@@ -296,13 +300,17 @@ def consume_initiation(
     sym.mix_key(_dh(local_private, e_pub))
     peer_static = sym.decrypt_and_hash(enc_static)
     if not authorize(peer_static):
-        raise UnknownPeerError("unknown_peer", "initiator static key not authorised")
+        raise UnknownPeerError(
+            ProtocolErrorReason.UNKNOWN_PEER, "initiator static key not authorised"
+        )
     sym.mix_key(_dh(local_private, peer_static))
     payload = sym.decrypt_and_hash(enc_payload)
     timestamp, instance = payload[:TIMESTAMP_LEN], payload[TIMESTAMP_LEN:]
     last = last_timestamp(peer_static)
     if last is not None and timestamp <= last:
-        raise HandshakeReplayError("handshake_replay", "initiation timestamp not newer")
+        raise HandshakeReplayError(
+            ProtocolErrorReason.HANDSHAKE_REPLAY, "initiation timestamp not newer"
+        )
     return ResponderState(sym, e_pub, peer_static, timestamp, instance, peer_index)
 
 
@@ -349,7 +357,8 @@ def response_receiver_index(message: bytes) -> int:
     """
     if len(message) != RESPONSE_SIZE or message[:4] != bytes([MSG_RESPONSE, 0, 0, 0]):
         raise HandshakeTruncatedError(
-            "handshake_size", f"response is {RESPONSE_SIZE} bytes, got {len(message)}"
+            ProtocolErrorReason.HANDSHAKE_SIZE,
+            f"response is {RESPONSE_SIZE} bytes, got {len(message)}",
         )
     (index,) = struct.unpack_from(">I", message, 8)
     return int(index)
@@ -363,7 +372,9 @@ def consume_response(state: InitiatorState, message: bytes) -> TransportKeys:
         HandshakeAuthError: tampered, from another key, or not for this initiation.
     """
     if response_receiver_index(message) != state.local_index:
-        raise HandshakeAuthError("handshake_index", "response is for another initiation")
+        raise HandshakeAuthError(
+            ProtocolErrorReason.HANDSHAKE_INDEX, "response is for another initiation"
+        )
     (peer_index,) = struct.unpack_from(">I", message, 4)
     e_pub = message[12:44]
     enc_payload = message[44:]

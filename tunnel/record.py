@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from tunnel.errors import LimitError, RecordError
+from tunnel.errors import LimitError, ProtocolErrorReason, RecordError
 from tunnel.handshake import MSG_RECORD, TransportKeys
 
 HEADER_LEN = 16
@@ -89,7 +89,7 @@ def record_receiver_index(record: bytes | bytearray) -> int:
         RecordError: too short to be a record, or not a record.
     """
     if len(record) < RECORD_OVERHEAD or record[0] != MSG_RECORD:
-        raise RecordError("record_short", f"{len(record)} bytes")
+        raise RecordError(ProtocolErrorReason.RECORD_SHORT, f"{len(record)} bytes")
     return int(_HEADER.unpack_from(record)[1])
 
 
@@ -158,10 +158,10 @@ class Keypair:
                 failing authentication (``record_auth``).
         """
         if len(record) < RECORD_OVERHEAD or record[0] != MSG_RECORD:
-            raise RecordError("record_short", f"{len(record)} bytes")
+            raise RecordError(ProtocolErrorReason.RECORD_SHORT, f"{len(record)} bytes")
         (counter,) = _COUNTER.unpack_from(record, 8)
         if not self.window.check(counter):
-            raise RecordError("record_replay", f"counter {counter}")
+            raise RecordError(ProtocolErrorReason.RECORD_REPLAY, f"counter {counter}")
         view = memoryview(record)
         header = view[:HEADER_LEN]
         nonce = b"\x00\x00\x00\x00" + record[8:16]
@@ -169,6 +169,6 @@ class Keypair:
         try:
             self._open.decrypt_into(nonce, view[HEADER_LEN:], header, plaintext)
         except InvalidTag as exc:
-            raise RecordError("record_auth", "tag check failed") from exc
+            raise RecordError(ProtocolErrorReason.RECORD_AUTH, "tag check failed") from exc
         self.window.update(counter)
         return plaintext

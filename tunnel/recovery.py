@@ -1,202 +1,191 @@
-"""Acknowledgements, RTT and loss detection: the send side's bookkeeping.
+"""Loss recovery: packets in flight, RTT, and when to call one lost (RFC 9002).
 
-Mixed into ``Connection`` (tunnel.connection has the theory of operation).
-Every ack-eliciting packet sent is remembered (``_Sent``: its send time and
-the frames it carried) until an ACK covers it or it is declared lost: 3
-packet numbers below the largest acknowledged, older than 9/8 RTT when a
-later one was acknowledged, or by the retransmission timeout (``_rto``).
-Lost stream data is queued again by range, control frames as they were,
-window updates with their newest value. Acknowledged stream ranges advance
-``send_base`` and free the send buffer. The last ``MAX_REMEMBERED_LOST``
-lost packets are kept so that a late ACK still counts their data delivered.
-The methods here are ``Connection`` methods: no extra call layers.
+Theory of operation
+-------------------
+``LossRecovery`` remembers every ack-eliciting packet sent (``SentPacket``:
+its send time and the frames it carried) until an ACK covers it or it is
+declared lost: 3 packet numbers below the largest acknowledged, older than
+9/8 RTT when a later one was acknowledged, by the retransmission timeout
+(``rto``: ``max(min_rto, srtt + 4*rttvar)``, doubled per expiry, capped), or
+all at once when the path changed.  It knows nothing of streams: ``on_ack``
+and the timers hand the acknowledged and lost packets back, and the
+``Connection`` tells each stream what happened to its frames.  The last
+``MAX_REMEMBERED_LOST`` lost packets are kept, so that a late ACK for one
+(declared lost too early: a path reset, reordering) still counts its data
+delivered instead of resending it yet again.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from tunnel import frames as fr
-from tunnel.stream_state import Config, StreamState, _add_range
+from tunnel.config import Config
 
 PACKET_THRESHOLD = 3
 MAX_REMEMBERED_LOST = 1024
 TIME_THRESHOLD = 9 / 8
+MAX_BACKOFF = 64.0
 
 
 @dataclass
-class _Sent:
+class SentPacket:
+    """One ack-eliciting packet in flight.
+
+    Attributes:
+        time: when it was sent.
+        items: ``(sid, offset, length, fin)`` for stream data, or a control
+            frame's bytes, in the order they were packed.
+    """
+
     time: float
     items: list[tuple[int, int, int, bool] | bytes] = field(default_factory=list)
-    # items: (sid, offset, length, fin) for stream data, or a control frame
 
 
+def _covered(
+    packets: dict[int, SentPacket], ranges: Sequence[tuple[int, int]], largest: int
+) -> list[int]:
+    # Packet numbers of ``packets`` (ascending) inside the sorted ``ranges``.
+    out: list[int] = []
+    ri = 0
+    n = len(ranges)
+    for pn in packets:
+        if pn > largest:
+            break
+        while ri < n and ranges[ri][1] < pn:
+            ri += 1
+        if ri == n:
+            break
+        if ranges[ri][0] <= pn:
+            out.append(pn)
+    return out
 
-class _Recovery:
-    """``Connection``'s acknowledgement and loss-recovery methods."""
 
-    cfg: Config
-    streams: dict[int, StreamState]
-    stats: dict[str, int]
-    _sent: dict[int, _Sent]
-    _lost: dict[int, _Sent]
-    _largest_acked: int
-    _srtt: float | None
-    _rttvar: float
-    _latest_rtt: float
-    _backoff: float
-    _last_progress: float
-    _max_data_dirty: bool
-    _control: deque[bytes]
-    _ready: dict[int, None]
-    _changed: set[int]
+class LossRecovery:
+    """The sender's in-flight packets and RTT estimate (see module docstring).
 
-    if TYPE_CHECKING:
+    Attributes:
+        sent: packet number -> packet, ascending, not yet acknowledged or lost.
+        lost: recently declared lost, ascending (a late ACK still counts).
+        largest_acked: the highest packet number acknowledged so far.
+        srtt / rttvar / latest_rtt: the RTT estimate (srtt None before a sample).
+        backoff: the RTO multiplier, doubled per expiry, reset by progress.
+        last_progress: when the RTO was last restarted.
+    """
 
-        def _maybe_forget(self, st: StreamState) -> None: ...
+    __slots__ = (
+        "backoff",
+        "cfg",
+        "largest_acked",
+        "last_progress",
+        "latest_rtt",
+        "lost",
+        "rttvar",
+        "sent",
+        "srtt",
+    )
 
-    # == acknowledgements and loss ========================================
-    def _rto(self) -> float:
-        if self._srtt is None:
-            base = self.cfg.initial_rto
+    def __init__(self, cfg: Config, now: float) -> None:
+        self.cfg = cfg
+        self.sent: dict[int, SentPacket] = {}
+        self.lost: dict[int, SentPacket] = {}
+        self.largest_acked = -1
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.latest_rtt = 0.0
+        self.backoff = 1.0
+        self.last_progress = now
+
+    def rto(self) -> float:
+        """The retransmission timeout now, with backoff."""
+        cfg = self.cfg
+        if self.srtt is None:
+            base = cfg.initial_rto
         else:
-            base = max(self.cfg.min_rto, self._srtt + 4 * self._rttvar)
-        return min(base * self._backoff, max(self.cfg.max_rto, base))
+            base = max(cfg.min_rto, self.srtt + 4 * self.rttvar)
+        return min(base * self.backoff, max(cfg.max_rto, base))
 
-    def _on_ack(self, f: fr.Ack, now: float) -> None:
+    def deadline(self) -> float | None:
+        """When the RTO fires, or None with nothing in flight."""
+        return self.last_progress + self.rto() if self.sent else None
+
+    def on_sent(self, pn: int, packet: SentPacket, now: float) -> None:
+        """Remember an ack-eliciting packet; the first in flight starts the RTO."""
+        self.sent[pn] = packet
+        if len(self.sent) == 1:
+            self.last_progress = now
+
+    def on_ack(self, f: fr.Ack, now: float) -> tuple[list[SentPacket], list[SentPacket]]:
+        """Process an ACK frame.
+
+        Returns:
+            (packets now acknowledged, including late ones once declared lost;
+            packets the ACK shows lost), each in packet-number order.
+        """
         if not f.ranges:
-            return
+            return [], []
         largest = f.ranges[0][1]
-        ranges = sorted(f.ranges)
-        sent = self._sent
-        newly_largest: _Sent | None = None
-        any_new = False
-        ri = 0
-        for pn in list(sent):
-            if pn > largest:
-                break
-            while ri < len(ranges) and ranges[ri][1] < pn:
-                ri += 1
-            if ri == len(ranges):
-                break
-            if ranges[ri][0] <= pn:
-                rec = sent.pop(pn)
-                any_new = True
-                if pn == largest:
-                    newly_largest = rec
-                self._on_packet_acked(rec)
-        # Packets declared lost too early (a path reset, reordering) may be
-        # acknowledged after all: their data counts as delivered, so it is
-        # not resent yet again.
-        lost = self._lost
-        if lost:
-            ri = 0
-            for pn in list(lost):
-                if pn > largest:
-                    break
-                while ri < len(ranges) and ranges[ri][1] < pn:
-                    ri += 1
-                if ri == len(ranges):
-                    break
-                if ranges[ri][0] <= pn:
-                    self._on_packet_acked(lost.pop(pn))
-        if not any_new:
-            return
-        if largest > self._largest_acked:
-            self._largest_acked = largest
-        if newly_largest is not None:
-            self._rtt_sample(now - newly_largest.time)
-        self._backoff = 1.0
-        self._last_progress = now
-        self._detect_lost(now)
+        ranges = sorted(f.ranges) if len(f.ranges) > 1 else f.ranges  # ascending
+        sent = self.sent
+        newly = _covered(sent, ranges, largest)
+        if not newly and not self.lost:
+            return [], []
+        acked = [sent.pop(pn) for pn in newly]
+        newest = acked[-1] if newly and newly[-1] == largest else None
+        if self.lost:
+            lost = self.lost
+            acked += [lost.pop(pn) for pn in _covered(lost, ranges, largest)]
+        if not newly:
+            return acked, []
+        if largest > self.largest_acked:
+            self.largest_acked = largest
+        if newest is not None:
+            self._rtt_sample(now - newest.time)
+        self.backoff = 1.0
+        self.last_progress = now
+        return acked, self._detect_lost(now)
+
+    def on_timer(self, now: float) -> list[SentPacket]:
+        """Run the RTO: on expiry every packet in flight is lost and the RTO doubles."""
+        if not self.sent or now < self.last_progress + self.rto():
+            return []
+        out = [self._declare_lost(pn) for pn in list(self.sent)]
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+        self.last_progress = now
+        return out
+
+    def path_changed(self, now: float) -> list[SentPacket]:
+        """The path changed: everything in flight is lost, the RTO starts afresh."""
+        out = [self._declare_lost(pn) for pn in list(self.sent)]
+        self.backoff = 1.0
+        self.last_progress = now
+        return out
 
     def _rtt_sample(self, rtt: float) -> None:
-        self._latest_rtt = rtt
-        if self._srtt is None:
-            self._srtt = rtt
-            self._rttvar = rtt / 2
+        self.latest_rtt = rtt
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
         else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
-            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
-    def _detect_lost(self, now: float) -> None:
-        largest = self._largest_acked
-        srtt = self._srtt if self._srtt is not None else self.cfg.initial_rto
-        horizon = now - TIME_THRESHOLD * max(srtt, self._latest_rtt)
-        for pn in list(self._sent):
+    def _detect_lost(self, now: float) -> list[SentPacket]:
+        largest = self.largest_acked
+        srtt = self.srtt if self.srtt is not None else self.cfg.initial_rto
+        horizon = now - TIME_THRESHOLD * max(srtt, self.latest_rtt)
+        out: list[SentPacket] = []
+        for pn in list(self.sent):
             if pn >= largest:
                 break
-            if largest - pn >= PACKET_THRESHOLD or self._sent[pn].time <= horizon:
-                self._declare_lost(pn)
+            if largest - pn >= PACKET_THRESHOLD or self.sent[pn].time <= horizon:
+                out.append(self._declare_lost(pn))
+        return out
 
-    def _declare_lost(self, pn: int) -> None:
-        rec = self._sent.pop(pn)
-        self.stats["packets_lost"] += 1
-        self._lost[pn] = rec
-        if len(self._lost) > MAX_REMEMBERED_LOST:
-            del self._lost[next(iter(self._lost))]
-        for item in rec.items:
-            if isinstance(item, bytes):
-                kind = item[0]
-                if kind == fr.FrameType.MAX_DATA:
-                    self._max_data_dirty = True
-                elif kind == fr.FrameType.MAX_STREAM_DATA:
-                    sid = int.from_bytes(item[1:5], "big")
-                    st = self.streams.get(sid)
-                    if st is not None and not st.recv_done():
-                        st.max_dirty = True
-                        self._ready[sid] = None
-                elif kind != fr.FrameType.PING and item not in self._control:
-                    self._control.append(item)
-            else:
-                sid, offset, length, fin = item
-                st = self.streams.get(sid)
-                if st is None or st.send_reset:
-                    continue
-                if length:
-                    _add_range(st, offset, offset + length)
-                if fin and not st.fin_acked:
-                    st.retx_fin = True
-                self._ready[sid] = None
-
-    def _on_packet_acked(self, rec: _Sent) -> None:
-        for item in rec.items:
-            if isinstance(item, bytes):
-                continue
-            sid, offset, length, fin = item
-            st = self.streams.get(sid)
-            if st is None or st.send_reset:
-                continue
-            if fin:
-                st.fin_acked = True
-            if length:
-                self._stream_acked(st, offset, offset + length)
-            if st.send_done():
-                self._changed.add(sid)
-                self._maybe_forget(st)
-
-    def _stream_acked(self, st: StreamState, start: int, end: int) -> None:
-        if end <= st.send_base:
-            return
-        acked = st.acked
-        bisect.insort(acked, (start, end))
-        # merge from the front and advance send_base
-        base = st.send_base
-        merged: list[tuple[int, int]] = []
-        for a, b in acked:
-            if merged and a <= merged[-1][1]:
-                if b > merged[-1][1]:
-                    merged[-1] = (merged[-1][0], b)
-            else:
-                merged.append((a, b))
-        while merged and merged[0][0] <= base:
-            base = max(base, merged[0][1])
-            merged.pop(0)
-        st.acked = merged
-        if base > st.send_base:
-            del st.buf[: base - st.send_base]
-            st.send_base = base
-            self._changed.add(st.sid)  # room in the send buffer
+    def _declare_lost(self, pn: int) -> SentPacket:
+        packet = self.sent.pop(pn)
+        self.lost[pn] = packet
+        if len(self.lost) > MAX_REMEMBERED_LOST:
+            del self.lost[next(iter(self.lost))]
+        return packet

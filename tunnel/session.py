@@ -36,7 +36,6 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -51,7 +50,9 @@ from tunnel.connection import (
     StreamRequest,
 )
 from tunnel.errors import (
+    CloseReason,
     PeerTimeoutError,
+    ResetReason,
     SessionClosedError,
     StreamRefusedError,
     TunnelError,
@@ -59,9 +60,7 @@ from tunnel.errors import (
 from tunnel.frames import ErrorCode
 from tunnel.path import Datagram, PacketPath
 from tunnel.record import Limits
-
-if TYPE_CHECKING:
-    from tunnel.stream import TunnelStream
+from tunnel.stream import TunnelStream
 
 # Called for each stream the peer opens: returns True, or a refusal reason.
 OnRequest = Callable[["Session", int, str], "bool | str"]
@@ -85,7 +84,7 @@ HOLD_DELAY = 0.001
 
 
 class Session:
-    """The tunnel to one peer (see module docstring).
+    """The tunnel to one peer (see module docstring); the ``StreamHost`` of its streams.
 
     Attributes:
         peer_key: the peer's node key.
@@ -155,7 +154,7 @@ class Session:
                 task_status.started()
         finally:
             if self.error is None:
-                self.error = SessionClosedError("closed", "session ended")
+                self.error = SessionClosedError(CloseReason.CLOSED, "session ended")
             self._notify_all()
             self.finished.set()
             with trio.CancelScope(shield=True):
@@ -172,7 +171,7 @@ class Session:
 
     def fail_quietly(self) -> None:
         """End the session without telling the peer (it will time out)."""
-        self.fail(SessionClosedError("closed", "session closed locally"))
+        self.fail(SessionClosedError(CloseReason.CLOSED, "session closed locally"))
 
     async def aclose(self) -> None:
         """Tell the peer (best effort) and end the session."""
@@ -180,7 +179,7 @@ class Session:
             self.conn.close(ErrorCode.CLOSED, "session closed")
             with trio.move_on_after(0.5):
                 await self._flush()
-        self.fail(SessionClosedError("closed", "session closed locally"))
+        self.fail(SessionClosedError(CloseReason.CLOSED, "session closed locally"))
 
     def start_handshake(self) -> None:
         self.channel.start_handshake(trio.current_time())
@@ -194,8 +193,6 @@ class Session:
             StreamRefusedError: the peer said no.
             PeerTimeoutError, SessionClosedError: the session ended first.
         """
-        from tunnel.stream import TunnelStream
-
         self._check()
         if self.channel.current is None and not self.channel.handshake_pending():
             self.start_handshake()
@@ -208,12 +205,14 @@ class Session:
                 await self.wait_stream(sid)
                 self._check()
                 if conn is not self.conn:
-                    raise SessionClosedError("peer_restarted", "peer restarted while opening")
+                    raise SessionClosedError(
+                        CloseReason.PEER_RESTARTED, "peer restarted while opening"
+                    )
         except BaseException:
             # Cancelled (or failed) while opening: abandon the stream so the
             # peer's side does not wait forever.
             if st.phase is StreamPhase.OPENING and conn is self.conn:
-                conn.reset(sid, ErrorCode.CLOSED, "open abandoned")
+                conn.reset(sid, ErrorCode.CLOSED, ResetReason.OPEN_ABANDONED)
                 conn.close_read(sid)
                 self.wake()
             raise
@@ -224,20 +223,20 @@ class Session:
 
     def accept_stream(self, sid: int) -> TunnelStream:
         """Accept a stream the peer asked for (from an ``on_request`` callback)."""
-        from tunnel.stream import TunnelStream
-
         st = self.conn.streams[sid]
         self.conn.accept(sid)
         self.wake()
         return TunnelStream(self, st)
 
     async def wait_stream(self, sid: int) -> None:
+        """Wait until stream ``sid`` changed (or the session ended)."""
         ev = self._stream_events.get(sid)
         if ev is None:
             ev = self._stream_events[sid] = trio.Event()
         await ev.wait()
 
-    def _notify(self, sid: int) -> bool:
+    def notify_stream(self, sid: int) -> bool:
+        """Wake the task waiting on stream ``sid``; True if there was one."""
         ev = self._stream_events.pop(sid, None)
         if ev is not None:
             ev.set()
@@ -352,7 +351,7 @@ class Session:
             self._datagram(data, via)
         except Exception as exc:  # a bug here must end one session, not the process
             log.exception("tunnel session with %s failed on input", self.peer_key.hex()[:8])
-            self.fail(SessionClosedError("internal_error", repr(exc)))
+            self.fail(SessionClosedError(CloseReason.INTERNAL_ERROR, repr(exc)))
 
     def _datagram(self, data: bytes, via: PacketPath) -> None:
         now = trio.current_time()
@@ -404,9 +403,9 @@ class Session:
                 if pong is not None:
                     pong.set()
             elif isinstance(ev, PeerClosed):
-                self.fail(SessionClosedError("peer_closed", ev.reason or "peer closed"))
+                self.fail(SessionClosedError(CloseReason.PEER_CLOSED, ev.reason or "peer closed"))
         for sid in conn.take_changed():
-            woke = self._notify(sid) or woke
+            woke = self.notify_stream(sid) or woke
         return woke
 
     # == sending =========================================================
@@ -501,7 +500,7 @@ class Session:
                 for datagram in out:
                     await path.send(self.peer_key, datagram)
             for sid in conn.take_changed():
-                self._notify(sid)
+                self.notify_stream(sid)
         return sent
 
     # == timers ==========================================================
@@ -558,7 +557,7 @@ class Session:
                 )
                 return
             for sid in self.conn.take_changed():
-                self._notify(sid)
+                self.notify_stream(sid)
             self.wake()
 
     # == direct dialing ==================================================

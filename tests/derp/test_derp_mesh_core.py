@@ -12,6 +12,7 @@ from derp import frames as f
 from derp.conn import DerpConn
 from derp.errors import DerpConnectionClosed
 from derp.keys import generate_private_key
+from derp.mesh import run_mesh_link
 from derp.server import DerpServer
 from tests.derp.derp_events import next_of, next_packet
 
@@ -51,8 +52,10 @@ class Node:
                 for sib in self.siblings:
                     nursery.start_soon(
                         functools.partial(
-                            self.server.run_mesh_link,
+                            run_mesh_link,
+                            self.server,
                             sib.dialer(),
+                            private_key=self.private_key,
                             name=sib.name,
                             min_backoff=0.05,
                             max_backoff=0.2,

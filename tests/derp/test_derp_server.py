@@ -256,6 +256,30 @@ async def test_frozen_receiver_does_not_slow_others() -> None:
             await frozen.aclose()
 
 
+async def test_replacing_a_frozen_receiver_counts_its_unwritten_packets() -> None:
+    """What the replaced connection's writer had taken off the queue is lost:
+    counted as ``duplicate_client``; what was still queued goes to the new one."""
+    with trio.fail_after(20):
+        async with tcp_server(queue_size=8, write_timeout=60) as (server, port):
+            b = await connect(port)
+            key = generate_private_key()
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect(("127.0.0.1", port))
+            frozen = await DerpConn.handshake(trio.SocketStream(sock), key)
+            while server.metrics.drops["queue_full"] == 0:  # the writer is stuck
+                await b.send_packet(frozen.public_key, b"y" * 60000)
+                await trio.sleep(0.005)
+            fresh = await connect(port, key)
+            with trio.fail_after(5):
+                while server.metrics.drops["duplicate_client"] == 0:
+                    await trio.sleep(0.01)
+            assert server.metrics.duplicate_clients == 1
+            assert (await next_packet(fresh)).data == b"y" * 60000
+            await frozen.aclose()
+            await fresh.aclose()
+
+
 async def test_write_timeout_disconnects_frozen_receiver() -> None:
     with trio.fail_after(20):
         async with tcp_server(queue_size=8, write_timeout=0.5) as (server, port):

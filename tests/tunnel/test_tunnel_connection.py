@@ -158,15 +158,15 @@ def test_any_authenticated_frames_never_raise(packets: list[tuple[int, list[byte
 def test_retransmit_ranges_merge_like_a_set(
     lost: list[tuple[int, int]], acked: list[tuple[int, int]], base: int
 ) -> None:
-    from tunnel.connection import StreamPhase, StreamState, _add_range
+    from tunnel.send_side import SendSide
 
-    st = StreamState(1, "x", StreamPhase.OPEN, Config())
-    st.send_base = base
+    st = SendSide(Config().send_buffer)
+    st.base = base
     acked_ranges = sorted((a, a + n) for a, n in acked)
     st.acked = acked_ranges
     want: set[int] = set()
     for a, n in lost:
-        _add_range(st, a, a + n)
+        st.add_lost_range(a, a + n)
         want |= set(range(max(a, base), a + n))
     for a, b in acked_ranges:
         want -= set(range(a, b))
