@@ -20,6 +20,19 @@ the handler of a request that asks for a WebSocket.  Once a connection
 upgrades, its h11 parser is dropped: an idle DERP connection then costs the
 front door only the suspended handler call.
 
+Limits (``web.limits``).  ``serve_stream`` first takes a connection slot
+(global and per peer IP) or answers a canned 503 and closes.  Each cycle then
+waits up to ``idle_timeout`` for the first byte of a request (on a fresh
+connection: ``header_timeout``) and ``header_timeout`` from that byte for the
+complete head; the first bytes must be able to start a request line (a
+method token and a space), else the connection closes at once, so random
+bytes or a TLS hello on the plain port never sit in the parser.  At the head,
+a declared ``Content-Length`` over the mount's ``max_body`` gets 413, then
+the mount's ``HeadCheck`` may refuse (both before a byte of body is read),
+then the body is reserved against the global body budget (503 when it does
+not fit; a chunked body is reserved as it arrives).  Every refusal is
+counted under its ``Refusal`` key (``FrontDoor.counters``).
+
 Errors.  Malformed HTTP gets 400 (or h11's hint, e.g. 431) and the connection
 closes; an unknown path 404; a body over the limit 413 (then close: the rest
 of the body is never read); a body slower than ``body_timeout`` 408; a
@@ -41,13 +54,43 @@ import trio
 import trio_websocket
 from wsproto.utilities import generate_accept_token
 
-from web.http import Handler, Request, Response
+from web.http import Handler, HeadCheck, Request, RequestHead, Response
+from web.limits import DoorLimits, Gate, Refusal, source_of
 from web.prefixed import PrefixedStream
 
 log = logging.getLogger("burrow.web.http")
 
 RECEIVE_SIZE = 65536
 MAX_HEAD = 64 * 1024  # h11's limit on a request head; also bounds the replay copy
+MAX_METHOD = 24  # longest method token accepted before the first space
+_TOKEN = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+LINGER = 0.5  # seconds a refused connection is drained so the 503 is not lost to a reset
+
+
+def could_be_http(prefix: bytes | bytearray) -> bool | None:
+    """Can ``prefix`` (the first bytes of a cycle) start a request line?
+
+    True once a method token and a space were seen, False as soon as a byte
+    rules it out, None while undecided.
+    """
+    data = bytes(prefix).lstrip(b"\r\n")
+    for i, byte in enumerate(data[: MAX_METHOD + 1]):
+        if byte == 0x20:
+            return i > 0
+        if byte not in _TOKEN:
+            return False
+    return None if len(data) <= MAX_METHOD else False
+
+
+def _canned(status: int, reason: str, message: str, retry_after: int) -> bytes:
+    body = Response.error(status, message).body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {retry_after}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _TakenOver(Exception):
@@ -59,6 +102,7 @@ class _Mount:
     prefix: str
     handler: Handler
     max_body: int
+    head_check: HeadCheck | None = None
 
 
 def _matches(prefix: str, path: str) -> bool:
@@ -148,17 +192,50 @@ class _Connection:
         del self.h11
         self.replay = None
 
+    async def _receive(self) -> bytes:
+        data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+        if self.replay is not None:
+            self.replay += data
+            if len(self.replay) > MAX_HEAD:
+                self.replay = None
+        return data
+
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
-            if self.replay is not None:
-                self.replay += data
-                if len(self.replay) > MAX_HEAD:
-                    self.replay = None
-            self.h11.receive_data(data)
+            self.h11.receive_data(await self._receive())
+
+    async def read_head(
+        self, wait: float, header_timeout: float
+    ) -> h11.Event | type[h11.PAUSED] | Refusal:
+        """The next event of a new cycle, or why the connection must close.
+
+        Waits ``wait`` s for the first byte, then ``header_timeout`` s from it
+        for the rest of the head; judges the first bytes with ``could_be_http``.
+        """
+        probe = bytearray(self.replay or b"")  # this cycle's bytes h11 already holds
+        judged = False
+        with trio.move_on_after(wait) as scope:
+            if probe:
+                scope.deadline = min(scope.deadline, trio.current_time() + header_timeout)
+            while True:
+                event = self.h11.next_event()
+                if event is not h11.NEED_DATA:
+                    return event  # type: ignore[return-value]
+                if not judged and probe:
+                    verdict = could_be_http(probe)
+                    if verdict is False:
+                        return Refusal.NOT_HTTP
+                    judged = verdict is True
+                data = await self._receive()
+                if data and not probe:
+                    scope.deadline = min(scope.deadline, trio.current_time() + header_timeout)
+                if not judged:
+                    probe += data[: MAX_METHOD + 2]
+                self.h11.receive_data(data)
+        return Refusal.HEADER_TIMEOUT if probe else Refusal.IDLE_TIMEOUT
 
     async def send(self, response: Response, *, head: bool, close: bool = False) -> None:
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
@@ -191,20 +268,59 @@ class FrontDoor:
     """Routes HTTP/1.1 requests on a stream to handlers mounted by path prefix.
 
     Args:
-        idle_timeout: seconds a keep-alive connection may sit between requests
-            (and a request head may take to arrive) before it is closed.
-        body_timeout: seconds a request body may take to arrive (then 408).
+        limits: caps and deadlines (``DoorLimits()`` when None).
+        idle_timeout / body_timeout / header_timeout: override those of ``limits``.
+
+    Attributes:
+        gate: open connections and the body budget, with the refusal counters.
+        requests: requests served; errors: responses by status >= 400.
     """
 
-    def __init__(self, *, idle_timeout: float = 120.0, body_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        limits: DoorLimits | None = None,
+        idle_timeout: float | None = None,
+        body_timeout: float | None = None,
+        header_timeout: float | None = None,
+    ) -> None:
         self._mounts: list[_Mount] = []
-        self.idle_timeout = idle_timeout
-        self.body_timeout = body_timeout
+        self.limits = limits if limits is not None else DoorLimits()
+        if idle_timeout is not None:
+            self.limits.idle_timeout = idle_timeout
+        if body_timeout is not None:
+            self.limits.body_timeout = body_timeout
+        if header_timeout is not None:
+            self.limits.header_timeout = header_timeout
+        self.gate = Gate(self.limits)
         self.requests = 0
         self.errors: dict[int, int] = {}
 
-    def mount(self, prefix: str, handler: Handler, *, max_body: int = 1 << 20) -> None:
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.idle_timeout
+
+    @property
+    def body_timeout(self) -> float:
+        return self.limits.body_timeout
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Metric name -> value: refusals by ``Refusal`` key, open connections, buffered bytes."""
+        return self.gate.snapshot()
+
+    def mount(
+        self,
+        prefix: str,
+        handler: Handler,
+        *,
+        max_body: int = 1 << 20,
+        head_check: HeadCheck | None = None,
+    ) -> None:
         """Serve every path under ``prefix`` with ``handler`` (longest prefix wins).
+
+        ``head_check``, when given, sees each request head before its body is
+        read and may refuse it with a ``Response``.
 
         Raises:
             ValueError: ``prefix`` does not start with ``/`` or is already mounted.
@@ -213,7 +329,7 @@ class FrontDoor:
             raise ValueError(f"mount prefix must start with '/': {prefix!r}")
         if any(m.prefix == prefix for m in self._mounts):
             raise ValueError(f"prefix already mounted: {prefix!r}")
-        self._mounts.append(_Mount(prefix, handler, max_body))
+        self._mounts.append(_Mount(prefix, handler, max_body, head_check))
         self._mounts.sort(key=lambda m: len(m.prefix.rstrip("/")), reverse=True)
 
     def route(self, path: str) -> _Mount | None:
@@ -231,6 +347,11 @@ class FrontDoor:
 
         Never raises for anything the peer does (I/O errors end the connection).
         """
+        ip = source_of(remote)
+        refused = self.gate.admit(ip)
+        if refused is not None:
+            await self._refuse(stream, refused)
+            return
         try:
             await self._loop(_Connection(stream, remote, scheme))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -238,15 +359,48 @@ class FrontDoor:
         except h11.LocalProtocolError as exc:
             log.error("HTTP response error for %s: %s", remote, exc)
         finally:
+            self.gate.release(ip)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.abc.Stream, reason: Refusal) -> None:
+        """Answer 503 without reading a request, then close (after a short drain)."""
+        message = (
+            "server busy: too many connections"
+            if reason is Refusal.GLOBAL_CAP
+            else "too many connections from your address"
+        )
+        data = _canned(503, "Service Unavailable", message, self.limits.retry_after)
+        try:
+            with trio.move_on_after(LINGER):
+                await stream.send_all(data)
+                # Closing with unread request bytes would reset the connection
+                # and could destroy the 503 in flight: half-close, then drain.
+                with contextlib.suppress(NotImplementedError, AttributeError):
+                    await stream.send_eof()  # type: ignore[attr-defined]
+                seen = 0
+                while seen < MAX_HEAD:
+                    chunk = await stream.receive_some(RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
     async def _loop(self, conn: _Connection) -> None:
+        first = True
         while True:
             try:
-                with trio.move_on_after(self.idle_timeout) as idle:
-                    event = await conn.next_event()
-                if idle.cancelled_caught:
+                wait = self.limits.idle_timeout
+                if first:  # a fresh connection has no business being idle
+                    wait = min(wait, self.limits.header_timeout)
+                first = False
+                event = await conn.read_head(wait, self.limits.header_timeout)
+                if isinstance(event, Refusal):
+                    self.gate.count(event)
                     return
                 if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     return
@@ -283,44 +437,96 @@ class FrontDoor:
         mount = self.route(path)
         if mount is None:
             return await self._reply_then_drain(conn, Response.error(404, "not found"), is_head)
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > mount.max_body:
-            self._count(413)
-            await conn.send(Response.error(413, "request body too large"), head=is_head, close=True)
-            return False
-        body = bytearray()
-        if conn.h11.they_are_waiting_for_100_continue:
-            # curl and friends otherwise wait a second before sending a body.
-            data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-            assert data is not None
-            await conn.stream.send_all(data)
-        with trio.move_on_after(self.body_timeout) as slow:
-            while True:
-                event = await conn.next_event()
-                if isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > mount.max_body:
-                        self._count(413)
-                        msg = Response.error(413, "request body too large")
-                        await conn.send(msg, head=is_head, close=True)
+        declared = headers.get("content-length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        if length is not None and length > mount.max_body:
+            return await self._refuse_head(
+                conn, Refusal.BODY_TOO_LARGE, Response.error(413, "request body too large"),
+                is_head, has_body=True,
+            )
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        has_body = bool(length) or "transfer-encoding" in headers
+        if mount.head_check is not None:
+            refusal = await mount.head_check(
+                RequestHead(method, path, query, headers, conn.remote, conn.scheme, length)
+            )
+            if refusal is not None:
+                return await self._refuse_head(
+                    conn, Refusal.HEAD_CHECK, refusal, is_head, has_body=has_body
+                )
+        reserved = 0
+        try:
+            if length and not self.gate.reserve_body(length):
+                return await self._refuse_head(conn, Refusal.BODY_BUDGET, self._busy(), is_head,
+                                               has_body=True)
+            reserved = length or 0
+            body = bytearray()
+            if conn.h11.they_are_waiting_for_100_continue:
+                # curl and friends otherwise wait a second before sending a body.
+                data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+                assert data is not None
+                await conn.stream.send_all(data)
+            with trio.move_on_after(self.limits.body_timeout) as slow:
+                while True:
+                    event = await conn.next_event()
+                    if isinstance(event, h11.Data):
+                        body += event.data
+                        if len(body) > mount.max_body:
+                            return await self._refuse_head(
+                                conn, Refusal.BODY_TOO_LARGE,
+                                Response.error(413, "request body too large"), is_head,
+                                has_body=True,
+                            )
+                        if len(body) > reserved:  # chunked: reserve as it arrives
+                            if not self.gate.reserve_body(len(body) - reserved):
+                                return await self._refuse_head(
+                                    conn, Refusal.BODY_BUDGET, self._busy(), is_head,
+                                    has_body=True,
+                                )
+                            reserved = len(body)
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
                         return False
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    return False
-        if slow.cancelled_caught:
-            self._count(408)
-            await conn.send_error(408, "request body timed out")
-            return False
-        request = Request(
-            method=method,
-            path=path,
-            query=urllib.parse.parse_qs(parts.query, keep_blank_values=True),
-            headers=headers,
-            body=bytes(body),
-            remote=conn.remote,
-            scheme=conn.scheme,
-        )
+            if slow.cancelled_caught:
+                self._count(408)
+                await conn.send_error(408, "request body timed out")
+                return False
+            request = Request(
+                method=method,
+                path=path,
+                query=query,
+                headers=headers,
+                body=bytes(body),
+                remote=conn.remote,
+                scheme=conn.scheme,
+            )
+            del body
+            return await self._handle(conn, mount, request, is_head)
+        finally:
+            self.gate.release_body(reserved)
+
+    def _busy(self) -> Response:
+        response = Response.error(503, "server busy: too many request bodies in flight")
+        response.headers.append(("Retry-After", str(self.limits.retry_after)))
+        return response
+
+    async def _refuse_head(
+        self, conn: _Connection, reason: Refusal, response: Response, is_head: bool,
+        *, has_body: bool,
+    ) -> bool:
+        """Answer a request refused before (the rest of) its body; False: close."""
+        self.gate.count(reason)
+        if not has_body:  # nothing to skip: the connection can go on
+            return await self._reply_then_drain(conn, response, is_head)
+        self._count(response.status)
+        await conn.send(response, head=is_head, close=True)
+        return False
+
+    async def _handle(
+        self, conn: _Connection, mount: _Mount, request: Request, is_head: bool
+    ) -> bool:
+        method, path = request.method, request.path
         upgrade = _Upgrade(conn, request)
         try:
             response = await self._call(conn, mount.handler, request, upgrade)
