@@ -166,8 +166,10 @@ class Connection:
                 data = await self._receive()
                 if data and not probe:
                     scope.deadline = min(scope.deadline, trio.current_time() + header_timeout)
-                if not judged:
+                if not judged:  # judged before h11 sees it: h11 would answer a 400
                     probe += data[: MAX_METHOD + 2]
+                    if could_be_http(probe) is False:
+                        return Refusal.NOT_HTTP
                 self.h11.receive_data(data)
         return Refusal.HEADER_TIMEOUT if probe else Refusal.IDLE_TIMEOUT
 

@@ -215,11 +215,13 @@ class FrontDoor:
                 wait = self.limits.idle_timeout
                 if first:  # a fresh connection has no business being idle
                     wait = min(wait, self.limits.header_timeout)
-                first = False
                 event = await conn.read_head(wait, self.limits.header_timeout)
                 if isinstance(event, Refusal):
+                    if first and event is Refusal.IDLE_TIMEOUT:
+                        event = Refusal.HEADER_TIMEOUT  # connected, then sent nothing
                     self.gate.count(event)
                     return
+                first = False
                 if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     return
                 if not isinstance(event, h11.Request):
