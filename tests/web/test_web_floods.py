@@ -100,7 +100,8 @@ def test_gate_caps_loopback_and_other_sources_apart() -> None:
     assert gate.admit("10.0.0.4") is Refusal.GLOBAL_CAP
     gate.release("10.0.0.1")
     assert gate.admit("10.0.0.1") is None
-    assert gate.counts[Refusal.SOURCE_CAP] == 2 and gate.counts[Refusal.GLOBAL_CAP] == 1
+    assert gate.counts[Refusal.SOURCE_CAP] == 2
+    assert gate.counts[Refusal.GLOBAL_CAP] == 1
 
 
 async def test_half_open_heads_are_closed_at_the_header_deadline() -> None:
