@@ -26,7 +26,6 @@ Every refusal and forced close is counted under a ``Refusal`` key.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +35,8 @@ log = logging.getLogger("burrow.web.limits")
 # Descriptors kept free under the connection cap: database, terraform pipes,
 # mesh dials, log files.  At least this many, or an eighth of the limit.
 FD_HEADROOM = 128
+# Connections per peer IP: room for a NAT'd office's DERP clients, far below a flood.
+PER_SOURCE = 256
 
 
 class Refusal(StrEnum):
@@ -59,14 +60,16 @@ def raise_fd_limit() -> int:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
-    log.info("open-file limit: %d", soft)
-    return soft
+    if target <= soft:
+        log.debug("open-file limit: %d (the hard limit)", soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open-file limit stays %d: cannot raise it to %d: %s", soft, target, exc)
+        return soft
+    log.info("open-file limit raised from %d to %d", soft, target)
+    return target
 
 
 def default_max_connections() -> int:
@@ -77,28 +80,16 @@ def default_max_connections() -> int:
     return max(16, soft - max(FD_HEADROOM, soft // 8))
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        log.warning("ignoring %s=%r: not an integer", name, raw)
-        return default
-    return value if value > 0 else default
-
-
 @dataclass
 class DoorLimits:
-    """The front door's caps and deadlines (0 for a cap: derive the default).
+    """The front door's caps and deadlines (0 for a cap: its default).
 
     Attributes:
         header_timeout: seconds for a complete request head.
         idle_timeout: seconds a keep-alive connection may wait for its next request.
         body_timeout: seconds a request body may take to arrive (then 408).
         max_connections: open connections, all sources together.
-        max_per_source: open connections per peer IP.
+        max_per_source: open connections per peer IP (``PER_SOURCE``).
         max_per_loopback: open connections per loopback IP (reverse proxies,
             built-in daemons); defaults to ``max_connections``.
         body_budget: bytes of request bodies buffered across all connections.
@@ -109,7 +100,7 @@ class DoorLimits:
     idle_timeout: float = 120.0
     body_timeout: float = 60.0
     max_connections: int = 0
-    max_per_source: int = 256
+    max_per_source: int = 0
     max_per_loopback: int = 0
     body_budget: int = 256 * 1024 * 1024
     retry_after: int = 5
@@ -117,20 +108,10 @@ class DoorLimits:
     def __post_init__(self) -> None:
         if self.max_connections <= 0:
             self.max_connections = default_max_connections()
+        if self.max_per_source <= 0:
+            self.max_per_source = min(PER_SOURCE, self.max_connections)
         if self.max_per_loopback <= 0:
             self.max_per_loopback = self.max_connections
-
-    @classmethod
-    def from_env(cls, **overrides: int) -> DoorLimits:
-        """Defaults, then ``BURROW_MAX_CONNECTIONS``, ``BURROW_MAX_CONNECTIONS_PER_SOURCE``,
-        ``BURROW_MAX_CONNECTIONS_PER_LOOPBACK``, then ``overrides`` that are > 0."""
-        values = {
-            "max_connections": _env_int("BURROW_MAX_CONNECTIONS", 0),
-            "max_per_source": _env_int("BURROW_MAX_CONNECTIONS_PER_SOURCE", 256),
-            "max_per_loopback": _env_int("BURROW_MAX_CONNECTIONS_PER_LOOPBACK", 0),
-        }
-        values.update({k: v for k, v in overrides.items() if v > 0})
-        return cls(**values)
 
 
 def source_of(remote: str) -> str:
