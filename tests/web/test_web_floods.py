@@ -215,7 +215,7 @@ async def test_the_api_answers_while_many_half_open_connections_are_held() -> No
             for _ in range(5):
                 with trio.fail_after(5):
                     assert await get(host, port) == 200
-            assert door.counters["connections_open"] == 300
+            assert door.counters["connections_open"] >= 300  # (the last GET may not be gone yet)
             for s in held:
                 await s.aclose()
 
