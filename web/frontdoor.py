@@ -58,6 +58,10 @@ from web.limits import DoorLimits, Gate, Refusal, source_of
 log = logging.getLogger("burrow.web.http")
 
 LINGER = 0.5  # seconds a refused connection is drained so the 503 is not lost to a reset
+# Refused connections lingering at once; beyond that they are closed unanswered, so
+# refusing a flood does not itself use up the descriptors kept in reserve.
+MAX_LINGERING = 64
+DRAIN_MAX = 1 << 20  # body bytes read and discarded to keep a connection after an error
 
 
 def _canned(status: int, reason: str, message: str, retry_after: int) -> bytes:
@@ -111,6 +115,7 @@ class FrontDoor:
         if header_timeout is not None:
             self.limits.header_timeout = header_timeout
         self.gate = Gate(self.limits)
+        self._lingering = 0
         self.requests = 0
         self.errors: dict[int, int] = {}
 
@@ -189,6 +194,10 @@ class FrontDoor:
             else "too many connections from your address"
         )
         data = _canned(503, "Service Unavailable", message, self.limits.retry_after)
+        if self._lingering >= MAX_LINGERING:
+            await trio.aclose_forcefully(stream)
+            return
+        self._lingering += 1
         try:
             with trio.move_on_after(LINGER):
                 await stream.send_all(data)
@@ -205,6 +214,7 @@ class FrontDoor:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
+            self._lingering -= 1
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -254,11 +264,16 @@ class FrontDoor:
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         is_head = method == "HEAD"
-        mount = self.route(path)
-        if mount is None:
-            return await self._reply_then_drain(conn, Response.error(404, "not found"), is_head)
         declared = headers.get("content-length")
         length = int(declared) if declared is not None and declared.isdigit() else None
+        mount = self.route(path)
+        if mount is None:
+            not_found = Response.error(404, "not found")
+            if length is not None and length > DRAIN_MAX:  # not worth reading to keep alive
+                self._count(404)
+                await conn.send(not_found, head=is_head, close=True)
+                return False
+            return await self._reply_then_drain(conn, not_found, is_head)
         if length is not None and length > mount.max_body:
             return await self._refuse_head(
                 conn, Refusal.BODY_TOO_LARGE, Response.error(413, "request body too large"),
@@ -397,7 +412,7 @@ class FrontDoor:
             event = await conn.next_event()
             if isinstance(event, h11.Data):
                 seen += len(event.data)
-                if seen > 1 << 20:
+                if seen > DRAIN_MAX:
                     await conn.send(response, head=head, close=True)
                     return False
             elif isinstance(event, h11.EndOfMessage):
