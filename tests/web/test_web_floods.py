@@ -281,3 +281,15 @@ async def test_out_of_descriptors_is_one_warning_and_no_traceback() -> None:
     warnings = [ln for ln in err.splitlines() if "cannot accept connections" in ln]
     assert len(warnings) == 1, err
     assert "EMFILE" in warnings[0]
+
+
+def test_refusal_counters_are_prometheus_metrics() -> None:
+    from coderd.metrics import CoderdMetrics, render
+
+    door = FrontDoor(limits=DoorLimits(max_connections=1))
+    door.gate.admit("10.0.0.1")
+    door.gate.admit("10.0.0.2")
+    text = render(CoderdMetrics(), jobs_by_status={}, daemons_connected=0, web=door.counters)
+    assert "burrow_web_refused_global_cap 1" in text
+    assert "# TYPE burrow_web_connections_open gauge" in text
+    assert "burrow_web_closed_not_http 0" in text
