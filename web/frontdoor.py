@@ -282,9 +282,13 @@ class FrontDoor:
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         has_body = bool(length) or "transfer-encoding" in headers
         if mount.head_check is not None:
-            refusal = await mount.head_check(
-                RequestHead(method, path, query, headers, conn.remote, conn.scheme, length)
-            )
+            try:
+                refusal = await mount.head_check(
+                    RequestHead(method, path, query, headers, conn.remote, conn.scheme, length)
+                )
+            except Exception:
+                log.exception("head check for %s %s failed", method, path)
+                refusal = Response.error(500, "internal server error")
             if refusal is not None:
                 return await self._refuse_head(
                     conn, Refusal.HEAD_CHECK, refusal, is_head, has_body=has_body

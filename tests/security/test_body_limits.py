@@ -230,3 +230,18 @@ async def test_a_60_mib_attempt_does_not_grow_the_server_by_its_size(
         after = peak_rss(proc.pid)
     assert after - before < 16 * MiB, (before, after)
     assert statuses == [413, 401, 413]
+
+
+async def test_a_failing_head_check_is_a_500_not_a_dead_server() -> None:
+    async def broken(head: RequestHead) -> Response | None:
+        raise RuntimeError("bug")
+
+    door, sink = FrontDoor(), Sink()
+    door.mount("/api", sink, head_check=broken)
+    door.mount("/ok", sink)
+    async with door_at(door) as (host, port):
+        with trio.fail_after(10):
+            status, _ = await answer(host, port, post_head("/api/x", 10))
+            assert status == 500
+            status, _ = await answer(host, port, post_head("/ok", 2), b"{}")
+            assert status == 200
