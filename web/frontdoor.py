@@ -58,9 +58,14 @@ from web.limits import DoorLimits, Gate, Refusal, source_of
 log = logging.getLogger("burrow.web.http")
 
 LINGER = 0.5  # seconds a refused connection is drained so the 503 is not lost to a reset
-# Refused connections lingering at once; beyond that they are closed unanswered, so
-# refusing a flood does not itself use up the descriptors kept in reserve.
-MAX_LINGERING = 64
+# Refused connections being answered at once: the first MAX_LINGERING linger
+# LINGER s, the next ones SHORT_LINGER s (enough to read a request that has
+# already arrived), and past MAX_REFUSING they are closed unanswered -- so
+# refusing a flood cannot itself use up the descriptors kept in reserve
+# (``web.limits.FD_HEADROOM``).
+MAX_LINGERING = 32
+MAX_REFUSING = 64
+SHORT_LINGER = 0.02
 DRAIN_MAX = 1 << 20  # body bytes read and discarded to keep a connection after an error
 
 
@@ -194,12 +199,13 @@ class FrontDoor:
             else "too many connections from your address"
         )
         data = _canned(503, "Service Unavailable", message, self.limits.retry_after)
-        if self._lingering >= MAX_LINGERING:
+        if self._lingering >= MAX_REFUSING:
             await trio.aclose_forcefully(stream)
             return
+        linger = LINGER if self._lingering < MAX_LINGERING else SHORT_LINGER
         self._lingering += 1
         try:
-            with trio.move_on_after(LINGER):
+            with trio.move_on_after(linger):
                 await stream.send_all(data)
                 # Closing with unread request bytes would reset the connection
                 # and could destroy the 503 in flight: half-close, then drain.
