@@ -60,6 +60,7 @@ def render(
     jobs_by_status: Mapping[str, int],
     daemons_connected: int,
     derp: Mapping[str, object] | None = None,
+    web: Mapping[str, int] | None = None,
     uptime: float = 0.0,
 ) -> str:
     """The whole exposition text."""
@@ -98,4 +99,8 @@ def render(
             kind = "gauge" if key in ("clients_connected", "mesh_peers", "mesh_links") else \
                 "counter"
             out += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
+    for key, n in sorted((web or {}).items()):  # the front door's refusals and gauges
+        metric = f"burrow_web_{key}"
+        kind = "gauge" if key in ("connections_open", "body_bytes_buffered") else "counter"
+        out += [f"# TYPE {metric} {kind}", f"{metric} {n}"]
     return "\n".join(out) + "\n"

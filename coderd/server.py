@@ -29,8 +29,10 @@ from typing import Any
 
 import trio
 
-from coderd import builds, metrics
+from coderd import auth, builds, metrics
 from coderd.api.app import make_router
+from coderd.api.router import AGENT, PUBLIC, Router
+from coderd.api.schema import ApiError
 from coderd.archive import MAX_UPLOAD
 from coderd.deps import Coderd, use
 from coderd.store.base import Store, StoreError
@@ -39,13 +41,12 @@ from derp.keys import key_to_hex
 from peer import relaymap
 from relay.node import RelayConfig, RelayNode
 from web.frontdoor import FrontDoor
-from web.http import Request, Response, Upgrade
+from web.http import HeadCheck, Request, RequestHead, Response, Upgrade
 from web.listener import serve_http
 
 log = logging.getLogger("burrow.server")
 
 PROVISIONERD_PATH = "/api/v2/provisionerd"
-PROVISIONERD_MAX_MESSAGE = 64 * 1024 * 1024
 
 
 @dataclass
@@ -64,6 +65,9 @@ class ServerConfig:
     prometheus_address: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    max_connections: int = 0  # the front door's caps (web.limits.DoorLimits; 0: default)
+    max_connections_per_source: int = 0
+    max_connections_per_loopback: int = 0
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -107,11 +111,46 @@ def _metrics_handler(cd: Coderd, node: RelayNode, prov: Any, started: float) -> 
             jobs_by_status=await cd.store.count_jobs_by_status(),
             daemons_connected=len(prov.connected) if prov is not None else 0,
             derp=node.derp_server.metrics.snapshot(),
+            web=node.frontdoor.counters,
             uptime=time.time() - started,
         )
         return Response(200, text.encode(), [("Content-Type", "text/plain; version=0.0.4")])
 
     return handler
+
+
+def api_head_check(router: Router) -> HeadCheck:
+    """The ``/api/v2`` check run on a request head, before its body is read.
+
+    Only requests that carry a body are checked (the rest cost nothing to
+    read and go through the router as before): no route for it -> the
+    router's 404/405; a declared length over the route's cap -> 413; a
+    route that needs a user or agent token -> the token is authenticated now
+    (one store lookup; the router looks again) and a missing or bad one gets
+    401, so nobody without a credential makes the server buffer a body.
+    """
+
+    async def check(head: RequestHead) -> Response | None:
+        if not head.content_length and "transfer-encoding" not in head.headers:
+            return None
+        try:
+            route, _ = router.match(head.method, head.path)
+            if head.content_length is not None and head.content_length > route.max_body:
+                raise ApiError(413, "request body too large", f"limit is {route.max_body} bytes")
+            if route.auth == AGENT:
+                token = head.header(auth.AGENT_HEADER).strip()
+                await auth.authenticate_agent(router.cd.store, token)
+            elif route.auth != PUBLIC:
+                await auth.authenticate(router.cd.store, auth.token_from_headers(head.headers))
+        except ApiError as exc:
+            return Response.json(exc.status, exc.body())
+        except auth.AuthError as exc:
+            return Response.json(exc.status, {"message": str(exc)})
+        except StoreError:
+            return None  # the router reports the database error as it always does
+        return None
+
+    return check
 
 
 async def _provisioners(
@@ -145,7 +184,9 @@ async def _provisioners(
         heartbeat_timeout=config.heartbeat_timeout,
         internal_psk=internal_psk,
     )
-    door.mount(PROVISIONERD_PATH, api.handler, max_body=PROVISIONERD_MAX_MESSAGE)
+    # A WebSocket endpoint: its messages are not HTTP bodies, so any body is refused
+    # (413) at the head instead of being read (it used to allow 64 MiB).
+    door.mount(PROVISIONERD_PATH, api.handler, max_body=0)
     nursery.start_soon(api.run_reaper)
     return internal_psk, api
 
@@ -244,10 +285,14 @@ async def run_server(
         cd = Coderd(store, opened.pubsub, config.access_url)
         use(cd)
         node = RelayNode(RelayConfig(listen=config.listen, tls_cert=config.tls_cert or None,
-                                     tls_key=config.tls_key or None))
+                                     tls_key=config.tls_key or None,
+                                     max_connections=config.max_connections,
+                                     max_per_source=config.max_connections_per_source,
+                                     max_per_loopback=config.max_connections_per_loopback))
         door = node.frontdoor
         router = make_router(cd)
-        door.mount("/api/v2", router.handle, max_body=MAX_UPLOAD)
+        door.mount("/api/v2", router.handle, max_body=MAX_UPLOAD,
+                   head_check=api_head_check(router))
         started = time.time()
         async with trio.open_nursery() as nursery:
             prov = await _provisioners(cd, config, door, nursery)

@@ -23,6 +23,7 @@ from derp.mesh import run_mesh_link
 from derp.server import DerpServer
 from relay.derp_routes import mount_derp
 from web.frontdoor import FrontDoor
+from web.limits import DoorLimits
 from web.listener import parse_listen, serve_http
 
 log = logging.getLogger("burrow.relay")
@@ -41,6 +42,8 @@ class RelayConfig:
         force_websockets: dial siblings over WebSocket; advertised to clients.
         mesh_ssl_context: TLS settings for dialing https siblings.
         queue_size: packets queued per DERP client before drops.
+        max_connections / max_per_source / max_per_loopback: the front door's
+            connection caps (``web.limits.DoorLimits``; 0: its default).
     """
 
     listen: str = "127.0.0.1:3001"
@@ -52,6 +55,9 @@ class RelayConfig:
     force_websockets: bool = False
     mesh_ssl_context: ssl.SSLContext | None = None
     queue_size: int = 512
+    max_connections: int = 0
+    max_per_source: int = 0
+    max_per_loopback: int = 0
 
     def validate(self) -> None:
         """Check the settings without touching the network.
@@ -112,7 +118,10 @@ class RelayNode:
             mesh_key=config.mesh_key,
             queue_size=config.queue_size,
         )
-        self.frontdoor = FrontDoor()
+        limits = DoorLimits(max_connections=config.max_connections,
+                            max_per_source=config.max_per_source,
+                            max_per_loopback=config.max_per_loopback)
+        self.frontdoor = FrontDoor(limits=limits)
         mount_derp(self.frontdoor, self.derp_server)
         self.ssl_context: ssl.SSLContext | None = None
         if config.tls_cert is not None and config.tls_key is not None:

@@ -20,6 +20,19 @@ the handler of a request that asks for a WebSocket.  Once a connection
 upgrades, its h11 parser is dropped: an idle DERP connection then costs the
 front door only the suspended handler call.
 
+Limits (``web.limits``).  ``serve_stream`` first takes a connection slot
+(global and per peer IP) or answers a canned 503 and closes.  Each cycle then
+waits up to ``idle_timeout`` for the first byte of a request (on a fresh
+connection: ``header_timeout``) and ``header_timeout`` from that byte for the
+complete head; the first bytes must be able to start a request line (a
+method token and a space), else the connection closes at once, so random
+bytes or a TLS hello on the plain port never sit in the parser.  At the head,
+a declared ``Content-Length`` over the mount's ``max_body`` gets 413, then
+the mount's ``HeadCheck`` may refuse (both before a byte of body is read),
+then the body is reserved against the global body budget (503 when it does
+not fit; a chunked body is reserved as it arrives).  Every refusal is
+counted under its ``Refusal`` key (``FrontDoor.counters``).
+
 Errors.  Malformed HTTP gets 400 (or h11's hint, e.g. 431) and the connection
 closes; an unknown path 404; a body over the limit 413 (then close: the rest
 of the body is never read); a body slower than ``body_timeout`` 408; a
@@ -33,32 +46,43 @@ from __future__ import annotations
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h11
 import trio
-import trio_websocket
-from wsproto.utilities import generate_accept_token
 
-from web.http import Handler, Request, Response
-from web.prefixed import PrefixedStream
+from web.connection import MAX_HEAD, RECEIVE_SIZE, Connection, UpgradeOffer
+from web.http import Handler, HeadCheck, Request, RequestHead, Response
+from web.limits import DoorLimits, Gate, Refusal, source_of
 
 log = logging.getLogger("burrow.web.http")
 
-RECEIVE_SIZE = 65536
-MAX_HEAD = 64 * 1024  # h11's limit on a request head; also bounds the replay copy
+LINGER = 0.5  # seconds a refused connection is drained so the 503 is not lost to a reset
+# Refused connections being answered at once: the first MAX_LINGERING linger
+# LINGER s, the next ones SHORT_LINGER s (enough to read a request that has
+# already arrived), and past MAX_REFUSING they are closed unanswered -- so
+# refusing a flood cannot itself use up the descriptors kept in reserve
+# (``web.limits.FD_HEADROOM``).
+MAX_LINGERING = 32
+MAX_REFUSING = 64
+SHORT_LINGER = 0.02
+DRAIN_MAX = 1 << 20  # body bytes read and discarded to keep a connection after an error
 
 
-class _TakenOver(Exception):
-    """Internal: the connection left HTTP (an upgrade was accepted)."""
-
+def _canned(status: int, reason: str, message: str, retry_after: int) -> bytes:
+    body = Response.error(status, message).body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {retry_after}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
 
 @dataclass(frozen=True)
 class _Mount:
     prefix: str
     handler: Handler
     max_body: int
+    head_check: HeadCheck | None = None
 
 
 def _matches(prefix: str, path: str) -> bool:
@@ -67,144 +91,64 @@ def _matches(prefix: str, path: str) -> bool:
     base = prefix.rstrip("/")
     return path == base or path.startswith(base + "/")
 
-
-class _Upgrade:
-    """The ``Upgrade`` handed to a handler for one request."""
-
-    def __init__(self, door: _Connection, request: Request) -> None:
-        self._door = door
-        self._request = request
-        self.is_websocket = "websocket" in request.header("upgrade").lower()
-        self.taken = False
-        self.websocket: trio_websocket.WebSocketConnection | None = None
-
-    def _take(self) -> None:
-        if self.taken:
-            raise RuntimeError("connection already taken over")
-        self.taken = True
-
-    async def accept_raw(
-        self, headers: Sequence[tuple[str, str]], protocol: str
-    ) -> trio.abc.Stream:
-        self._take()
-        conn = self._door.h11
-        out = [("Upgrade", protocol), ("Connection", "Upgrade"), *headers]
-        data = conn.send(h11.InformationalResponse(status_code=101, headers=out))
-        assert data is not None
-        await self._door.stream.send_all(data)
-        leftover, _ = conn.trailing_data
-        self._door.detach()
-        if not leftover:
-            return self._door.stream  # no wrapper: one less call per read and write
-        return PrefixedStream(leftover, self._door.stream)
-
-    async def accept_websocket_stream(self, subprotocol: str | None = None) -> trio.abc.Stream:
-        if not self.is_websocket:
-            raise RuntimeError("not a WebSocket upgrade request")
-        key = self._request.header("sec-websocket-key")
-        headers = [("Sec-WebSocket-Accept", generate_accept_token(key.encode()).decode())]
-        if subprotocol is not None:
-            headers.append(("Sec-WebSocket-Protocol", subprotocol))
-        return await self.accept_raw(headers, "websocket")
-
-    async def accept_websocket(
-        self, subprotocol: str | None = None
-    ) -> trio_websocket.WebSocketConnection:
-        if not self.is_websocket:
-            raise RuntimeError("not a WebSocket upgrade request")
-        if self._door.replay is None:
-            raise RuntimeError("request too large to hand to the WebSocket server")
-        self._take()
-        replay = PrefixedStream(bytes(self._door.replay), self._door.stream)
-        nursery = self._door.nursery
-        assert nursery is not None  # opened for every WebSocket request
-        ws_request = await trio_websocket.wrap_server_stream(
-            nursery, replay, receive_buffer_size=RECEIVE_SIZE
-        )
-        ws: trio_websocket.WebSocketConnection = await ws_request.accept(
-            subprotocol=subprotocol
-        )
-        self.websocket = ws
-        return ws
-
-
-class _Connection:
-    """The state of one HTTP connection (owned by its ``serve_stream`` task)."""
-
-    def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
-        self.stream = stream
-        self.remote = remote
-        self.scheme = scheme
-        # Hosts trio-websocket's reader task; opened only around the handler
-        # of a WebSocket request, so an idle DERP connection does not pay for it.
-        self.nursery: trio.Nursery | None = None
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        # Every byte fed to h11 since this cycle began, for WebSocket replay;
-        # None once it outgrew MAX_HEAD (such a request cannot be replayed).
-        self.replay: bytearray | None = bytearray()
-
-    def detach(self) -> None:
-        """The connection left HTTP: drop the parser (~1 KiB per idle DERP client)."""
-        del self.h11
-        self.replay = None
-
-    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
-            if self.replay is not None:
-                self.replay += data
-                if len(self.replay) > MAX_HEAD:
-                    self.replay = None
-            self.h11.receive_data(data)
-
-    async def send(self, response: Response, *, head: bool, close: bool = False) -> None:
-        headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
-        headers.append(("Content-Length", str(len(response.body))))
-        if close:
-            headers.append(("Connection", "close"))
-        out = self.h11.send(h11.Response(status_code=response.status, headers=headers))
-        assert out is not None
-        chunks = [out]
-        if response.body and not head:
-            data = self.h11.send(h11.Data(data=response.body))
-            assert data is not None
-            chunks.append(data)
-        end = self.h11.send(h11.EndOfMessage())
-        assert end is not None
-        chunks.append(end)
-        await self.stream.send_all(b"".join(chunks))
-
-    async def send_error(self, status: int, message: str) -> None:
-        """Best-effort error reply before closing; ignored when h11 cannot send one."""
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        with contextlib.suppress(
-            h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError
-        ):
-            await self.send(Response.error(status, message), head=False, close=True)
-
-
 class FrontDoor:
     """Routes HTTP/1.1 requests on a stream to handlers mounted by path prefix.
 
     Args:
-        idle_timeout: seconds a keep-alive connection may sit between requests
-            (and a request head may take to arrive) before it is closed.
-        body_timeout: seconds a request body may take to arrive (then 408).
+        limits: caps and deadlines (``DoorLimits()`` when None).
+        idle_timeout / body_timeout / header_timeout: override those of ``limits``.
+
+    Attributes:
+        gate: open connections and the body budget, with the refusal counters.
+        requests: requests served; errors: responses by status >= 400.
     """
 
-    def __init__(self, *, idle_timeout: float = 120.0, body_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        limits: DoorLimits | None = None,
+        idle_timeout: float | None = None,
+        body_timeout: float | None = None,
+        header_timeout: float | None = None,
+    ) -> None:
         self._mounts: list[_Mount] = []
-        self.idle_timeout = idle_timeout
-        self.body_timeout = body_timeout
+        self.limits = limits if limits is not None else DoorLimits()
+        if idle_timeout is not None:
+            self.limits.idle_timeout = idle_timeout
+        if body_timeout is not None:
+            self.limits.body_timeout = body_timeout
+        if header_timeout is not None:
+            self.limits.header_timeout = header_timeout
+        self.gate = Gate(self.limits)
+        self._lingering = 0
         self.requests = 0
         self.errors: dict[int, int] = {}
 
-    def mount(self, prefix: str, handler: Handler, *, max_body: int = 1 << 20) -> None:
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.idle_timeout
+
+    @property
+    def body_timeout(self) -> float:
+        return self.limits.body_timeout
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Metric name -> value: refusals by ``Refusal`` key, open connections, buffered bytes."""
+        return self.gate.snapshot()
+
+    def mount(
+        self,
+        prefix: str,
+        handler: Handler,
+        *,
+        max_body: int = 1 << 20,
+        head_check: HeadCheck | None = None,
+    ) -> None:
         """Serve every path under ``prefix`` with ``handler`` (longest prefix wins).
+
+        ``head_check``, when given, sees each request head before its body is
+        read and may refuse it with a ``Response``.
 
         Raises:
             ValueError: ``prefix`` does not start with ``/`` or is already mounted.
@@ -213,7 +157,7 @@ class FrontDoor:
             raise ValueError(f"mount prefix must start with '/': {prefix!r}")
         if any(m.prefix == prefix for m in self._mounts):
             raise ValueError(f"prefix already mounted: {prefix!r}")
-        self._mounts.append(_Mount(prefix, handler, max_body))
+        self._mounts.append(_Mount(prefix, handler, max_body, head_check))
         self._mounts.sort(key=lambda m: len(m.prefix.rstrip("/")), reverse=True)
 
     def route(self, path: str) -> _Mount | None:
@@ -231,23 +175,69 @@ class FrontDoor:
 
         Never raises for anything the peer does (I/O errors end the connection).
         """
+        ip = source_of(remote)
+        refused = self.gate.admit(ip)
+        if refused is not None:
+            await self._refuse(stream, refused)
+            return
         try:
-            await self._loop(_Connection(stream, remote, scheme))
+            await self._loop(Connection(stream, remote, scheme))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except h11.LocalProtocolError as exc:
             log.error("HTTP response error for %s: %s", remote, exc)
         finally:
+            self.gate.release(ip)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _loop(self, conn: _Connection) -> None:
+    async def _refuse(self, stream: trio.abc.Stream, reason: Refusal) -> None:
+        """Answer 503 without reading a request, then close (after a short drain)."""
+        message = (
+            "server busy: too many connections"
+            if reason is Refusal.GLOBAL_CAP
+            else "too many connections from your address"
+        )
+        data = _canned(503, "Service Unavailable", message, self.limits.retry_after)
+        if self._lingering >= MAX_REFUSING:
+            await trio.aclose_forcefully(stream)
+            return
+        linger = LINGER if self._lingering < MAX_LINGERING else SHORT_LINGER
+        self._lingering += 1
+        try:
+            with trio.move_on_after(linger):
+                await stream.send_all(data)
+                # Closing with unread request bytes would reset the connection
+                # and could destroy the 503 in flight: half-close, then drain.
+                with contextlib.suppress(NotImplementedError, AttributeError):
+                    await stream.send_eof()  # type: ignore[attr-defined]
+                seen = 0
+                while seen < MAX_HEAD:
+                    chunk = await stream.receive_some(RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._lingering -= 1
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _loop(self, conn: Connection) -> None:
+        first = True
         while True:
             try:
-                with trio.move_on_after(self.idle_timeout) as idle:
-                    event = await conn.next_event()
-                if idle.cancelled_caught:
+                wait = self.limits.idle_timeout
+                if first:  # a fresh connection has no business being idle
+                    wait = min(wait, self.limits.header_timeout)
+                event = await conn.read_head(wait, self.limits.header_timeout)
+                if isinstance(event, Refusal):
+                    if first and event is Refusal.IDLE_TIMEOUT:
+                        event = Refusal.HEADER_TIMEOUT  # connected, then sent nothing
+                    self.gate.count(event)
                     return
+                first = False
                 if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     return
                 if not isinstance(event, h11.Request):
@@ -267,7 +257,7 @@ class FrontDoor:
                 return
             conn.replay = bytearray(conn.h11.trailing_data[0])
 
-    async def _one(self, conn: _Connection, head: h11.Request) -> bool:
+    async def _one(self, conn: Connection, head: h11.Request) -> bool:
         """One request/response cycle; False when the connection must close."""
         self.requests += 1
         raw_target = head.target.decode("latin-1")
@@ -280,48 +270,109 @@ class FrontDoor:
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         is_head = method == "HEAD"
+        declared = headers.get("content-length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
         mount = self.route(path)
         if mount is None:
-            return await self._reply_then_drain(conn, Response.error(404, "not found"), is_head)
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > mount.max_body:
-            self._count(413)
-            await conn.send(Response.error(413, "request body too large"), head=is_head, close=True)
-            return False
-        body = bytearray()
-        if conn.h11.they_are_waiting_for_100_continue:
-            # curl and friends otherwise wait a second before sending a body.
-            data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-            assert data is not None
-            await conn.stream.send_all(data)
-        with trio.move_on_after(self.body_timeout) as slow:
-            while True:
-                event = await conn.next_event()
-                if isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > mount.max_body:
-                        self._count(413)
-                        msg = Response.error(413, "request body too large")
-                        await conn.send(msg, head=is_head, close=True)
+            not_found = Response.error(404, "not found")
+            if length is not None and length > DRAIN_MAX:  # not worth reading to keep alive
+                self._count(404)
+                await conn.send(not_found, head=is_head, close=True)
+                return False
+            return await self._reply_then_drain(conn, not_found, is_head)
+        if length is not None and length > mount.max_body:
+            return await self._refuse_head(
+                conn, Refusal.BODY_TOO_LARGE, Response.error(413, "request body too large"),
+                is_head, has_body=True,
+            )
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        has_body = bool(length) or "transfer-encoding" in headers
+        if mount.head_check is not None:
+            try:
+                refusal = await mount.head_check(
+                    RequestHead(method, path, query, headers, conn.remote, conn.scheme, length)
+                )
+            except Exception:
+                log.exception("head check for %s %s failed", method, path)
+                refusal = Response.error(500, "internal server error")
+            if refusal is not None:
+                return await self._refuse_head(
+                    conn, Refusal.HEAD_CHECK, refusal, is_head, has_body=has_body
+                )
+        reserved = 0
+        try:
+            if length and not self.gate.reserve_body(length):
+                return await self._refuse_head(conn, Refusal.BODY_BUDGET, self._busy(), is_head,
+                                               has_body=True)
+            reserved = length or 0
+            body = bytearray()
+            if conn.h11.they_are_waiting_for_100_continue:
+                # curl and friends otherwise wait a second before sending a body.
+                data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+                assert data is not None
+                await conn.stream.send_all(data)
+            with trio.move_on_after(self.limits.body_timeout) as slow:
+                while True:
+                    event = await conn.next_event()
+                    if isinstance(event, h11.Data):
+                        body += event.data
+                        if len(body) > mount.max_body:
+                            return await self._refuse_head(
+                                conn, Refusal.BODY_TOO_LARGE,
+                                Response.error(413, "request body too large"), is_head,
+                                has_body=True,
+                            )
+                        if len(body) > reserved:  # chunked: reserve as it arrives
+                            if not self.gate.reserve_body(len(body) - reserved):
+                                return await self._refuse_head(
+                                    conn, Refusal.BODY_BUDGET, self._busy(), is_head,
+                                    has_body=True,
+                                )
+                            reserved = len(body)
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
                         return False
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    return False
-        if slow.cancelled_caught:
-            self._count(408)
-            await conn.send_error(408, "request body timed out")
-            return False
-        request = Request(
-            method=method,
-            path=path,
-            query=urllib.parse.parse_qs(parts.query, keep_blank_values=True),
-            headers=headers,
-            body=bytes(body),
-            remote=conn.remote,
-            scheme=conn.scheme,
-        )
-        upgrade = _Upgrade(conn, request)
+            if slow.cancelled_caught:
+                self._count(408)
+                await conn.send_error(408, "request body timed out")
+                return False
+            request = Request(
+                method=method,
+                path=path,
+                query=query,
+                headers=headers,
+                body=bytes(body),
+                remote=conn.remote,
+                scheme=conn.scheme,
+            )
+            del body
+            return await self._handle(conn, mount, request, is_head)
+        finally:
+            self.gate.release_body(reserved)
+
+    def _busy(self) -> Response:
+        response = Response.error(503, "server busy: too many request bodies in flight")
+        response.headers.append(("Retry-After", str(self.limits.retry_after)))
+        return response
+
+    async def _refuse_head(
+        self, conn: Connection, reason: Refusal, response: Response, is_head: bool,
+        *, has_body: bool,
+    ) -> bool:
+        """Answer a request refused before (the rest of) its body; False: close."""
+        self.gate.count(reason)
+        if not has_body:  # nothing to skip: the connection can go on
+            return await self._reply_then_drain(conn, response, is_head)
+        self._count(response.status)
+        await conn.send(response, head=is_head, close=True)
+        return False
+
+    async def _handle(
+        self, conn: Connection, mount: _Mount, request: Request, is_head: bool
+    ) -> bool:
+        method, path = request.method, request.path
+        upgrade = UpgradeOffer(conn, request)
         try:
             response = await self._call(conn, mount.handler, request, upgrade)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -342,7 +393,7 @@ class FrontDoor:
         return True
 
     async def _call(
-        self, conn: _Connection, handler: Handler, request: Request, upgrade: _Upgrade
+        self, conn: Connection, handler: Handler, request: Request, upgrade: UpgradeOffer
     ) -> Response | None:
         if not upgrade.is_websocket:
             return await handler(request, upgrade)
@@ -363,7 +414,7 @@ class FrontDoor:
         finally:
             conn.nursery = None
 
-    async def _reply_then_drain(self, conn: _Connection, response: Response, head: bool) -> bool:
+    async def _reply_then_drain(self, conn: Connection, response: Response, head: bool) -> bool:
         """Reply without a handler, after reading (and discarding) a small body."""
         self._count(response.status)
         seen = 0
@@ -371,7 +422,7 @@ class FrontDoor:
             event = await conn.next_event()
             if isinstance(event, h11.Data):
                 seen += len(event.data)
-                if seen > 1 << 20:
+                if seen > DRAIN_MAX:
                     await conn.send(response, head=head, close=True)
                     return False
             elif isinstance(event, h11.EndOfMessage):

@@ -6,6 +6,11 @@ by the mount's ``max_body``) before calling it, so handlers never touch the
 socket unless they take the connection over through ``Upgrade``.  A handler
 returns ``None`` only after it called one of the ``accept_*`` methods; the
 connection then belongs to it and is closed when the handler returns.
+
+A mount may also declare a ``HeadCheck``: called with the ``RequestHead``
+once the head is parsed and before a byte of the body is read, it returns a
+``Response`` to refuse the request (e.g. 401 for a request without any
+credential) or None to go on.  A refused body is never read.
 """
 
 from __future__ import annotations
@@ -40,6 +45,27 @@ class Request:
     body: bytes
     remote: str
     scheme: str
+
+    def header(self, name: str, default: str = "") -> str:
+        """The value of header ``name`` (case-insensitive), or ``default``."""
+        return self.headers.get(name.lower(), default)
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """A request before its body: what a ``HeadCheck`` sees.
+
+    Attributes are those of ``Request``; ``content_length`` is the declared
+    body size (None for a chunked body or none at all).
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    remote: str
+    scheme: str
+    content_length: int | None
 
     def header(self, name: str, default: str = "") -> str:
         """The value of header ``name`` (case-insensitive), or ``default``."""
@@ -122,3 +148,4 @@ class Upgrade(Protocol):
 
 
 Handler = Callable[[Request, Upgrade], Awaitable[Response | None]]
+HeadCheck = Callable[[RequestHead], Awaitable[Response | None]]

@@ -1,13 +1,34 @@
-"""TCP and TLS listeners feeding connections to a ``FrontDoor``."""
+"""TCP and TLS listeners feeding connections to a ``FrontDoor``.
+
+The accept loop is our own, not ``trio.serve_listeners``: when the process
+runs out of file descriptors (EMFILE and friends) trio logs a traceback per
+retry, ten a second.  Here each such failure is counted
+(``Refusal.ACCEPT_EMFILE``), one warning line is logged per ``WARN_EVERY``
+seconds, and accepting backs off (``BACKOFF_MIN`` doubling to
+``BACKOFF_MAX``) until an accept succeeds again.  The connection caps
+(``web.limits``) are meant to keep this from happening at all.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
 
 from web.frontdoor import FrontDoor
+from web.limits import Refusal
+
+log = logging.getLogger("burrow.web.listener")
+
+# What accept(2) says when the process or the system is out of descriptors or memory.
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 1.0
+WARN_EVERY = 10.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -76,6 +97,45 @@ async def serve_http(
         await frontdoor.serve_stream(stream, remote=_peer(stream), scheme=scheme)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_listeners, handle, listeners))
+        for listener in listeners:
+            nursery.start_soon(partial(accept_loop, listener, handle, frontdoor, nursery))
         task_status.started(url_for(host if host != "0.0.0.0" else bound[0], bound[1],
                                     ssl_context is not None))
+
+
+async def accept_loop(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    handle: Callable[[trio.abc.Stream], Awaitable[None]],
+    frontdoor: FrontDoor,
+    nursery: trio.Nursery,
+) -> None:
+    """Accept forever, starting ``handle(stream)`` in ``nursery`` for each connection.
+
+    Raises:
+        OSError: accept failed for a reason other than running out of descriptors.
+    """
+    backoff = BACKOFF_MIN
+    last_warning = -WARN_EVERY
+    failed = 0
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in CAPACITY_ERRNOS:
+                    raise
+                frontdoor.gate.count(Refusal.ACCEPT_EMFILE)
+                failed += 1
+                now = trio.current_time()
+                if now - last_warning >= WARN_EVERY:
+                    log.warning(
+                        "cannot accept connections: %s (%d time(s) since the last warning); "
+                        "backing off; raise the open-file limit or lower the connection caps",
+                        errno.errorcode.get(exc.errno or 0, "?"), failed,
+                    )
+                    last_warning, failed = now, 0
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_MIN
+            nursery.start_soon(handle, stream)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from burrow.commands.server import leaf_error, listen_error
 from burrow.flags import UsageError, add, add_bool
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -39,6 +40,12 @@ def register(sub: Any) -> None:
         "--force-websockets",
         help="dial mesh siblings over WebSocket instead of the DERP upgrade",
     )
+    add(parser, "--max-connections", default=0, type=int,
+        help="open connections in all (0: the open-file limit less headroom)")
+    add(parser, "--max-connections-per-source", default=0, type=int,
+        help="open connections per client IP (0: 256)")
+    add(parser, "--max-connections-per-loopback", default=0, type=int,
+        help="open connections per loopback IP, e.g. a reverse proxy (0: --max-connections)")
     add(
         parser,
         "--log-level",
@@ -102,17 +109,23 @@ def run(args: argparse.Namespace) -> int:
         mesh_with=list(args.mesh_with or []),
         force_websockets=args.force_websockets,
         mesh_ssl_context=mesh_ssl_context,
+        max_connections=args.max_connections,
+        max_per_source=args.max_connections_per_source,
+        max_per_loopback=args.max_connections_per_loopback,
     )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from web.limits import raise_fd_limit
+
+    raise_fd_limit()  # before the front door sizes its connection cap from it
     try:
         node = RelayNode(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:  # includes ssl.SSLError
         raise UsageError(f"cannot load TLS certificate/key: {exc}") from None
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     import trio
 
     # A second Ctrl-C while shutting down (or before the receiver is up) must
@@ -122,9 +135,14 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, _ignore_signal)
     try:
         trio.run(_serve, node)
-    except OSError as exc:
-        sys.stderr.write(f"burrow relay: cannot listen on {args.listen}: {exc.strerror or exc}\n")
-        return 1
+    except BaseException as exc:
+        leaf = leaf_error(exc)  # trio wraps the bind error in nursery exception groups
+        if isinstance(leaf, KeyboardInterrupt):
+            return 0
+        if isinstance(leaf, OSError):
+            sys.stderr.write(f"burrow relay: {listen_error(args.listen, leaf)}\n")
+            return 1
+        raise
     return 0
 
 

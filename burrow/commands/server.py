@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import signal
 import sys
 from typing import Any
@@ -28,6 +29,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "serve Prometheus metrics on this address (off when empty)"),
     ("--tls-cert", "tls_cert", str, "PEM certificate: serve HTTPS (with --tls-key)"),
     ("--tls-key", "tls_key", str, "PEM private key for --tls-cert"),
+    ("--max-connections", "max_connections", int,
+     "open connections in all (0: the open-file limit less headroom)"),
+    ("--max-connections-per-source", "max_connections_per_source", int,
+     "open connections per client IP (0: 256)"),
+    ("--max-connections-per-loopback", "max_connections_per_loopback", int,
+     "open connections per loopback IP, e.g. a reverse proxy (0: --max-connections)"),
 ]
 
 
@@ -155,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"burrow server: cannot load --tls-cert/--tls-key: {message}", file=sys.stderr)
             return 2
     configure_logging(config.log_format)
+    from web.limits import raise_fd_limit
+
+    raise_fd_limit()  # before the front door sizes its connection cap from it
 
     async def main() -> None:
         # SIGINT/SIGTERM cancel everything, so shutdown runs through the
@@ -184,21 +194,37 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
-        leaf = _leaf(exc)
+        leaf = leaf_error(exc)
         if isinstance(leaf, KeyboardInterrupt):
             return 0
         if isinstance(leaf, StoreError | OSError | ValueError):
             message = " ".join(str(leaf).split())
             if isinstance(leaf, OSError) and not isinstance(leaf, StoreError):
-                message = f"cannot listen on {config.listen}: {message}"
+                message = listen_error(config.listen, leaf)
             print(f"burrow server: {message}", file=sys.stderr, flush=True)
             return 1
         raise
     return 0
 
 
-def _leaf(exc: BaseException) -> BaseException:
+def leaf_error(exc: BaseException) -> BaseException:
     """The one error inside nested single-member exception groups (else the group)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "address already in use: another process listens there; stop it or "
+    "choose another --listen",
+    errno.EACCES: "permission denied: ports below 1024 need privileges; choose another --listen",
+    errno.EADDRNOTAVAIL: "no such address on this machine; choose another --listen",
+}
+
+
+def listen_error(listen: str, exc: OSError) -> str:
+    """One line for a listener that could not bind ``listen`` (``burrow server``/``relay``)."""
+    hint = _LISTEN_HINTS.get(exc.errno or 0)
+    if hint is None:
+        hint = " ".join((exc.strerror or str(exc)).split())
+    return f"cannot listen on {listen}: {hint}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,32 @@ def test_user_mistake_is_one_line_and_an_exit_code(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(message), lines[0]
+
+
+def test_relay_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = burrow(tmp_path, "relay", "--listen", listen, "--log-level", "warning")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"burrow relay: cannot listen on {listen}: address already in use")
+
+
+def test_server_on_a_busy_port_ends_in_one_error_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = burrow(tmp_path, "server", "--listen", listen, "--provisioner-daemons", "0",
+                        "--data-dir", str(tmp_path / "data"))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("burrow server:")]
+    assert errors == [
+        f"burrow server: cannot listen on {listen}: address already in use: another process "
+        "listens there; stop it or choose another --listen"
+    ], result.stderr
