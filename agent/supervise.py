@@ -70,6 +70,8 @@ WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
 # The current agent's pid, in the run dir (the template's agent.pid is the supervisor).
 CHILD_PID_FILE = "agent.child.pid"
 SESSIONS_DIR = "sessions"
+# How often leftovers being ended are looked at (to drop their records once gone).
+PENDING_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -200,16 +202,20 @@ class Supervisor:
 
     def _timeout(self) -> float:
         due = [t for t in (self._restart_at, self._kill_agent_at) if t is not None]
-        due += [p.due for p in self._pending]
+        if self._pending:
+            due.append(self.clock() + PENDING_POLL)  # done early once all are gone
         if not due:
             return 3600.0
         return max(0.0, min(due) - self.clock())
 
     def _on_timers(self) -> None:
         now = self.clock()
-        for pending in [p for p in self._pending if p.due <= now]:
-            self._pending.remove(pending)
-            self._kill(pending)
+        table = procgroups.process_table() if self._pending else []
+        for pending in list(self._pending):
+            if pending.due <= now or not any(procgroups.alive(t, table)
+                                             for t in pending.targets):
+                self._pending.remove(pending)
+                self._kill(pending)
         if self._kill_agent_at is not None and now >= self._kill_agent_at:
             self._kill_agent_at = None
             if self.agent_pid is not None:
