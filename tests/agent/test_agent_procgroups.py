@@ -60,7 +60,8 @@ def test_a_group_stays_recorded_while_a_member_lives_and_end_all_ends_it(
                                                                          leader.start))]
     proc.communicate(b"\n", timeout=10)  # the leader exits, the background sleep stays
     groups.release(proc.pid)
-    assert record.exists() and alive(bg)
+    assert record.exists()
+    assert alive(bg)
     groups.end_all(grace=2)
     assert not alive(bg)
     assert not record.exists()
