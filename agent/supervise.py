@@ -29,6 +29,8 @@ One thread, no event loop: the signals it acts on (SIGCHLD, SIGTERM, SIGINT,
 SIGHUP) are blocked and taken with ``sigtimedwait``, which also sleeps until
 the next timer.  States:
 
+* (start) -- session groups still recorded in the run dir belong to an
+  earlier agent that nothing ended: they are ended before the first agent.
 * RUNNING -- the agent runs.  On its death (SIGCHLD, reaped): every
   descendant and every recorded session group (:mod:`agent.procgroups`) gets
   SIGHUP and SIGTERM at once and SIGKILL ``session_grace`` later; the
@@ -191,6 +193,8 @@ class Supervisor:
             log.warning("cannot become a child subreaper: orphaned session processes of a "
                         "dead agent escape the supervisor")
         signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+        # Groups recorded by an earlier agent that nothing ended (a failed stop).
+        self._end_leftovers(wait=True)
         self._spawn()
         while self.exit_code is None:
             info = signal.sigtimedwait(WATCHED, self._timeout())

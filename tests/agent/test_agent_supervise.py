@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.procgroups import Groups
 from agent.supervise import CHILD_PID_FILE, RestartBudget, RestartPolicy
 from tests.agent.agent_procs import alive
 
@@ -117,6 +118,23 @@ def test_sigkilled_agent_is_restarted_and_its_sessions_ended(run: Callable[..., 
     assert all_dead(second), r.text()
     assert not (r.dir / CHILD_PID_FILE).exists()
     assert not [p for p in (r.dir / "sessions").iterdir() if p.name.isdigit()]
+
+
+def test_groups_an_earlier_agent_left_recorded_are_ended_at_start(
+        tmp_path: Path, run: Callable[..., Run]) -> None:
+    leftover = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        groups = Groups()
+        groups.record_in(tmp_path / "sessions")
+        groups.add(leftover.pid)
+        r = run()
+        r.agent()
+        assert leftover.wait(10) == -signal.SIGHUP
+        assert not (tmp_path / "sessions" / str(leftover.pid)).exists()
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait(10)
 
 
 def test_supervisor_killed_stops_the_agent_by_parent_death_signal(
