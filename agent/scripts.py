@@ -14,6 +14,9 @@ a final line with the number of bytes dropped.  Nothing is lost silently.
 
 On timeout the process group gets SIGTERM, then SIGKILL after ``kill_grace``;
 the result says ``timed_out`` (lifecycle: start_timeout / shutdown_timeout).
+The group is recorded in :data:`agent.procgroups.tracked` while it has
+members, so background processes a script leaves behind are ended when the
+agent stops (or, if it is killed, by its supervisor or the template).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import trio
 
+from agent import procgroups
 from agent.environ import child_environ
 
 
@@ -255,6 +259,7 @@ async def run_script(
     except OSError as exc:
         await on_output([LogLine(clock(), f"[burrow] cannot start script: {exc}")])
         return ScriptResult(None, False, started_at, 0.0, 0, False)
+    procgroups.tracked.add(proc.pid)  # so what outlives the agent can end it
     assert proc.stdout is not None
     stdout = proc.stdout
     splitter = LineSplitter(limits.max_line_bytes, limits.max_total_bytes)
@@ -306,6 +311,7 @@ async def run_script(
                 _kill_group(proc.pid, signal.SIGKILL)
                 await proc.wait()
             await stdout.aclose()
+            procgroups.tracked.release(proc.pid)
     return ScriptResult(
         exit_code=proc.returncode,
         timed_out=timed_out,

@@ -43,7 +43,10 @@ exists for tests and benchmarks on loopback only.
 
 Sessions run the user's login shell (or ``shell``): with a PTY when the
 client asks for one (window changes follow), else with pipes; the exit status
-(or signal) goes back to the client.  The child's I/O is pumped by trio tasks
+(or signal) goes back to the client.  Each session is its own process
+group, recorded in :data:`agent.procgroups.tracked` while it has members, so
+it is ended when the agent stops, and by the supervisor or the template's
+stop step if the agent is killed.  The child's I/O is pumped by trio tasks
 (``_ChildInput``, ``_pump_output`` in :mod:`agent.ssh_session`) plugged into
 asyncssh's process reader and writer hooks, not by asyncssh's ``redirect``:
 its asyncio pipe transports race with trio-asyncio's fd watchers when a pipe
@@ -73,6 +76,7 @@ import asyncssh
 import trio
 import trio_asyncio
 
+from agent import procgroups
 from agent.environ import child_environ
 from agent.ssh_hostkey import HostKeyError, load_or_create_host_key
 from agent.ssh_loop import _log_asyncio_error, asyncio_loop
@@ -381,7 +385,12 @@ class SSHServer:
             process.stderr.write(f"burrow agent: cannot start {executable}: {exc}\r\n".encode())
             process.exit(127)
             return
-        status = await supervise(process, child, tty)
+        # Recorded so that what outlives the agent can end it (agent.procgroups).
+        procgroups.tracked.add(child.pid)
+        try:
+            status = await supervise(process, child, tty)
+        finally:
+            procgroups.tracked.release(child.pid)
         if status is None:
             return  # the channel went away first; the child was hung up
         if status < 0:

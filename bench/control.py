@@ -57,10 +57,11 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECAS
 
 DUMMY_AGENT = """#!/bin/sh
 # Dummy agent for bench control: records the agent token it is given
-# (BURROW_AGENT_TOKEN in its environment, or `--token T`), then exits.
+# (BURROW_AGENT_TOKEN in its environment, `--token T` or `--token-file F`), then exits.
 token="${BURROW_AGENT_TOKEN:-}"
 while [ $# -gt 0 ]; do
   if [ "$1" = "--token" ]; then token="$2"; fi
+  if [ "$1" = "--token-file" ]; then token=$(cat "$2"); fi
   shift
 done
 dir=$(dirname "$0")

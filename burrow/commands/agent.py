@@ -1,7 +1,15 @@
 """``burrow agent``: run the workspace agent (started by a workspace's template).
 
 Logs go to stderr (the template redirects them to ``agent.log``).  SIGTERM and
-SIGINT stop it cleanly: shutdown script, lifecycle ``off``, exit 0.
+SIGINT stop it cleanly: shutdown script, lifecycle ``off``, the sessions'
+leftover process groups ended (:mod:`agent.procgroups`), exit 0.
+
+The token comes from ``--token``, ``--token-file`` (what templates use: a
+0600 file in the workspace dir, so the token is in no environment) or
+``$BURROW_AGENT_TOKEN``.  Every secret variable (:func:`agent.environ.is_secret`:
+Terraform's ``TF_*``, token-bearing ``BURROW_*``) is dropped from the
+environment at once, so no child sees it.  ``--supervise`` runs the agent
+under the watchdog of :mod:`agent.supervise`.
 """
 
 from __future__ import annotations
@@ -62,6 +70,14 @@ def register(sub: Any) -> None:
     add(parser, "--url", help="coderd's access URL (the template passes it)")
     parser.add_argument("--token", default=None,
                         help="the agent token [$BURROW_AGENT_TOKEN]")
+    add(parser, "--token-file", default=None,
+        help="read the agent token from this file (not readable by group or others)")
+    add(parser, "--run-dir", default=None,
+        help="the workspace's run dir: session process groups are recorded in DIR/sessions "
+             "so they can be ended even if the agent is killed")
+    add_bool(parser, "--supervise",
+             help="run the agent under a watchdog that restarts it when it dies and ends "
+                  "its sessions' processes")
     add(parser, "--data-dir", default=None,
         help="where the node key and SSH host key persist (default ~/.local/share/burrow/agent)")
     add_bool(parser, "--force-websockets", help="reach the relay over WebSocket only")
@@ -78,20 +94,86 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("BURROW_AGENT_URL")
-    token = args.token or os.environ.get("BURROW_AGENT_TOKEN")
     if not url:
         raise UsageError("--url (or $BURROW_AGENT_URL) is required")
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must be http(s)://host[:port], not {url!r}")
+    token_file = os.path.abspath(args.token_file) if args.token_file and not args.token \
+        else None
+    token = args.token or (read_token_file(token_file) if token_file else None) or \
+        os.environ.get("BURROW_AGENT_TOKEN")
     if not token:
-        raise UsageError("--token (or $BURROW_AGENT_TOKEN) is required")
+        raise UsageError("--token, --token-file (or $BURROW_AGENT_TOKEN) is required")
     if args.token:
         _reexec_without_token_in_argv(token)
-    # The token must not reach children (scripts, shells).
-    os.environ.pop("BURROW_AGENT_TOKEN", None)
+    # Secrets (the token, Terraform's TF_VAR_*) must not reach children (scripts, shells).
+    from agent.environ import scrub
+    scrub(os.environ)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dir = Path(args.run_dir).absolute() if args.run_dir else None
+    if args.supervise:
+        return _supervise(token, token_file, run_dir)
+    if run_dir is not None:
+        from agent import procgroups
+        from agent.supervise import SESSIONS_DIR
+        try:
+            procgroups.tracked.record_in(run_dir / SESSIONS_DIR)
+        except OSError as exc:
+            sys.stderr.write(f"burrow agent: cannot create {run_dir / SESSIONS_DIR}: "
+                             f"{exc.strerror or exc}\n")
+            return 1
+    try:
+        return _run_agent(args, url, token)
+    finally:
+        from agent import procgroups
+        procgroups.tracked.end_all()  # what the sessions and scripts left behind
 
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (surrounding whitespace stripped).
+
+    Raises:
+        UsageError: the file is missing, unreadable, empty, or readable by
+            group or others (like ssh with a private key, refuse it).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise UsageError(f"the token file {path} is readable by others (mode "
+                             f"{mode & 0o777:04o}): chmod 600 it")
+        token = f.read().strip()
+    if not token:
+        raise UsageError(f"the token file {path} is empty")
+    return token
+
+
+def _supervise(token: str, token_file: str | None, run_dir: Path | None) -> int:
+    """Run this same command without ``--supervise`` under the watchdog."""
+    from agent.supervise import supervise
+
+    # (argparse also takes an abbreviation: a child that supervised again would never end)
+    args = [a for a in sys.argv[1:] if not (a.startswith("--su") and "--supervise".startswith(a))]
+    env = {k: v for k, v in os.environ.items() if k != "BURROW_SUPERVISE"}
+    if token_file is not None:
+        args.append(f"--token-file={token_file}")  # even if it came from the environment
+    else:
+        env["BURROW_AGENT_TOKEN"] = token  # the agent drops it from its own environment
+    if run_dir is not None:
+        args.append(f"--run-dir={run_dir}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            sys.stderr.write(f"burrow agent: cannot create {run_dir}: {exc.strerror or exc}\n")
+            return 1
+    return supervise(args, env, run_dir=run_dir)
+
+
+def _run_agent(args: argparse.Namespace, url: str, token: str) -> int:
     import trio
 
     from agent.run import Agent, AgentError, AgentOptions

@@ -335,6 +335,46 @@ async def test_agent_token_never_reaches_a_session(
     assert result.stdout == b"token=unset\n"
 
 
+async def test_terraform_and_burrow_secrets_never_reach_a_session(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what Terraform hands the template's local-exec, and secrets of burrow's flags
+    for name in ("TF_VAR_burrow_agent_token", "TF_VAR_cloud_key", "TF_CLI_CONFIG_FILE",
+                 "BURROW_TOKEN_FILE", "BURROW_PSK", "BURROW_PASSWORD", "BURROW_MESH_KEY"):
+        monkeypatch.setenv(name, "secret-value")
+    monkeypatch.setenv("BURROW_AGENT_URL", "http://coderd.example")  # not a secret
+    result = await server.run(command="env")
+    lines = result.stdout.decode().splitlines()
+    assert [line for line in lines if "secret-value" in line] == []
+    assert "BURROW_AGENT_URL=http://coderd.example" in lines
+    assert "BURROW_MANIFEST_VAR=from-manifest" in lines
+
+
+async def test_a_session_group_is_recorded_while_it_has_members(
+    server: Server, tmp_path: Path
+) -> None:
+    from agent import procgroups
+
+    marker = tmp_path / "leader"
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def client() -> None:
+        done.append(await server.run(command=f'echo $$ > "{marker}"; sleep 1'))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client)
+        with trio.fail_after(10):
+            while not (marker.exists() and marker.read_text().strip()):
+                await trio.sleep(0.02)
+        leader = int(marker.read_text())
+        with trio.fail_after(5):  # recorded right after the spawn, maybe after the echo ran
+            while leader not in [t.pid for t in procgroups.tracked.targets()]:
+                await trio.sleep(0.01)
+        assert os.getpgid(leader) == leader
+    assert done[0].returncode == 0
+    assert leader not in [t.pid for t in procgroups.tracked.targets()]
+
+
 async def test_agent_forwarding(server: Server, tmp_path: Path) -> None:
     agent_bin, add_bin = shutil.which("ssh-agent"), shutil.which("ssh-add")
     keygen = shutil.which("ssh-keygen")

@@ -3,6 +3,7 @@ its workspaces, each running the real ``burrow agent``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,10 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.burrow.server_proc import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTED = Path(__file__).resolve().parent / "templates" / "scripted"
@@ -106,13 +109,49 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
 
 
 def kill_agents(tmp: Path) -> None:
-    """The workspaces' agents are detached (setsid): stop them by their pid files."""
+    """The workspaces' agents are detached (setsid): stop them by their pid files.
+
+    agent.pid is the group leader (the supervisor under templates/local, with
+    the agent in its group); the session groups the agents recorded go too.
+    """
+    from agent import procgroups
+
     for pid_file in (tmp / "workspaces").glob("*/*/agent.pid"):
         try:
             pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
-            pass
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    for sessions in (tmp / "workspaces").glob("*/*/sessions"):
+        procgroups.send([t for _, t in procgroups.recorded(sessions)], signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def open_site(tmp: Path, *workspaces: str) -> Iterator[Site]:
+    """A logged-in server with templates ``local`` and ``scripted`` pushed and a
+    ``local`` workspace per name in ``workspaces``, its agent connected and ready."""
+    env = cli_env(tmp)
+    (tmp / "home").mkdir()
+    proc, url = start_server(tmp, env)
+    s = Site(proc, url, env, tmp, tmp / "home" / ".ssh" / "config")
+    try:
+        s.ok("login", url, "--username", "admin", "--password", "password123")
+        s.ok("templates", "push", str(REPO / "templates" / "local"), "--name", "local")
+        s.ok("templates", "push", str(SCRIPTED), "--name", "scripted")
+        for name in workspaces:
+            s.ok("create", name, "--template", "local", "--var", f"data_dir={tmp / 'workspaces'}")
+        for name in workspaces:
+            s.wait_agent(name, lambda a: a.get("status") == "connected"
+                         and a.get("lifecycle_state") == "ready", timeout=60)
+        s.ok("config-ssh", "--ssh-config-file", str(s.ssh_config))
+        yield s
+    finally:
+        stop(proc)
+        kill_agents(tmp)
 
 
 def create_scripted(site: Site, name: str, **variables: str) -> None:

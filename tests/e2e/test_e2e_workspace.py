@@ -284,7 +284,8 @@ def test_start_blocks_login_holds_ssh_until_the_script_ends(site: Site) -> None:
 
 def test_frozen_agent_shows_disconnected_then_reconnects(site: Site) -> None:
     """A stopped (SIGSTOP) agent keeps its TCP connection open: coderd's pings find it."""
-    pid = int((site.root("dev") / "agent.pid").read_text())
+    # agent.pid is the supervisor; the agent itself is its child
+    pid = int((site.root("dev") / "agent.child.pid").read_text())
     site.wait_agent("dev", lambda a: a.get("status") == "connected")
     os.kill(pid, signal.SIGSTOP)
     try:

@@ -50,7 +50,8 @@ async def test_local_template_lifecycle(tmp_path: Path) -> None:
     fake.write_text(
         "#!/bin/sh\n"
         'echo "$@" > "$HOME/../args"\n'
-        'echo "$BURROW_AGENT_URL $BURROW_AGENT_TOKEN $PWD" > "$HOME/../env"\n'
+        'echo "$BURROW_AGENT_URL ${BURROW_AGENT_TOKEN:-no-token} $PWD" > "$HOME/../env"\n'
+        'env | grep -c "^TF_" > "$HOME/../tf-vars"\n'
         "exec sleep 300\n"
     )
     fake.chmod(0o755)
@@ -93,10 +94,15 @@ async def test_local_template_lifecycle(tmp_path: Path) -> None:
         started.append(pid)
         assert alive(pid)
         args = await wait_file(ws_root / "args")
-        # The token reaches the agent only through its environment, never its argv.
-        assert args.split() == ["agent", "--url", "http://127.0.0.1:9"]
+        # The token reaches the agent only by file (0600), never its argv or environment.
+        token_file = ws_root / "agent.token"
+        assert args.split() == ["agent", "--supervise", "--url", "http://127.0.0.1:9",
+                                "--token-file", str(token_file), "--run-dir", str(ws_root)]
         env = (await wait_file(ws_root / "env")).split()
-        assert env == ["http://127.0.0.1:9", "tok1", str(ws_root / "home")]
+        assert env == ["http://127.0.0.1:9", "no-token", str(ws_root / "home")]
+        assert (await wait_file(ws_root / "tf-vars")).strip() == "0"
+        assert token_file.read_text() == "tok1\n"
+        assert token_file.stat().st_mode & 0o777 == 0o600
         # The agent is detached in its own session (survives terraform's group).
         assert os.getsid(pid) == pid
         (ws_root / "home" / "work.txt").write_text("keep me")
@@ -104,6 +110,7 @@ async def test_local_template_lifecycle(tmp_path: Path) -> None:
         state = await build("stop", state, 2)
         await wait_dead(pid)
         assert not (ws_root / "agent.pid").exists()
+        assert not token_file.exists()
         assert (ws_root / "home" / "work.txt").read_text() == "keep me"
 
         (ws_root / "args").unlink()
@@ -113,7 +120,8 @@ async def test_local_template_lifecycle(tmp_path: Path) -> None:
         started.append(pid2)
         assert pid2 != pid
         assert alive(pid2)
-        assert "tok2" in await wait_file(ws_root / "env")
+        assert "tok2" not in await wait_file(ws_root / "env")
+        assert token_file.read_text() == "tok2\n"
         assert (ws_root / "home" / "work.txt").read_text() == "keep me"
 
         await build("delete", state, 4)
